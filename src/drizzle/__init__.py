@@ -1,0 +1,35 @@
+"""Drizzle: a low-latency execution engine for Spark-style micro-batch jobs.
+
+Group scheduling launches a group of micro-batches with one message per executor;
+pre-scheduling places reducers first and starts them from notices pushed by their
+mappers, without asking the driver.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from drizzle.context import Context  # noqa: E402
+from drizzle.dataset import Dataset  # noqa: E402
+from drizzle.errors import (  # noqa: E402
+    ClusterError,
+    DrizzleError,
+    GroupShapeError,
+    JobFailed,
+    PeerUnreachable,
+    ProtocolError,
+)
+from drizzle.runtime import run  # noqa: E402
+
+__all__ = [
+    "ClusterError",
+    "Context",
+    "Dataset",
+    "DrizzleError",
+    "GroupShapeError",
+    "JobFailed",
+    "PeerUnreachable",
+    "ProtocolError",
+    "__version__",
+    "run",
+]

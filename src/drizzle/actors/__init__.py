@@ -1,0 +1,1 @@
+"""Actor shells: the asyncio side of each state machine, hosted by a ``Node``."""

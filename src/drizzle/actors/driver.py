@@ -1,0 +1,211 @@
+"""The driver actor: submitted groups, their per-micro-batch results, and failures.
+
+A group's micro-batch result is handed to the caller as soon as its last partition
+arrives, so a micro-batch's latency is not its group's. A failed task, a lost
+executor the group uses, or the group's deadline fails every micro-batch of the group
+not yet delivered with ``JobFailed``; a group never yields partial results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from drizzle import serde
+from drizzle.actors.internal import (
+    ExecutorJoined,
+    ExecutorLost,
+    GroupAborted,
+    GroupCompleted,
+    GroupLaunched,
+    GroupNotLaunched,
+    PlanGroup,
+)
+from drizzle.actors.node import Actor, Node, UnexpectedMessage
+from drizzle.errors import JobFailed
+from drizzle.scheduler.dag import BatchRequest
+from drizzle.wire.messages import TaskFailed, TaskResult
+
+log = logging.getLogger("drizzle.driver")
+
+
+@dataclass
+class GroupRun:
+    """A submitted group as the caller sees it."""
+
+    group_id: int
+    requests: Sequence[BatchRequest]
+    launched: asyncio.Future[tuple[int, ...]]
+    """Resolves to the micro-batches the group holds (a prefix of ``requests``)."""
+    results: dict[int, asyncio.Future[list[Any]]] = field(default_factory=dict)
+    pending: dict[int, list[Any]] = field(default_factory=dict)
+    remaining: dict[int, int] = field(default_factory=dict)
+    participants: frozenset[str] = frozenset()
+    shuffle_ids: tuple[int, ...] = ()
+    done: bool = False
+    submitted_at: float = 0.0
+    launched_at: float = 0.0
+    deadline: asyncio.TimerHandle | None = None
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+_MISSING = object()
+
+
+class DriverActor(Actor):
+    name = "driver"
+
+    def __init__(self, node: Node, *, group_timeout: float = 600.0) -> None:
+        super().__init__(node)
+        self.group_timeout = group_timeout
+        self.groups: dict[int, GroupRun] = {}
+        self.executors: dict[str, int] = {}
+        self._next_group = 0
+        self._membership = asyncio.Event()
+        self.launch_messages = 0
+        self.groups_completed = 0
+
+    # ------------------------------------------------------------------ API (driver process)
+
+    def submit_group(self, requests: Sequence[BatchRequest]) -> GroupRun:
+        group_id = self._next_group
+        self._next_group += 1
+        run = GroupRun(group_id, requests, self.node.loop.create_future())
+        run.submitted_at = self.node.now()
+        self.groups[group_id] = run
+        self.node.post(self.node.address, "dag", PlanGroup(group_id, requests), self.name)
+        return run
+
+    async def wait_executors(self, count: int, timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.executors) < count:
+                self._membership.clear()
+                await self._membership.wait()
+
+    # ------------------------------------------------------------------ messages
+
+    def receive(self, peer: str, sender: str, message: Any) -> None:
+        if isinstance(message, TaskResult):
+            self._on_result(peer, message)
+        elif isinstance(message, GroupLaunched):
+            self._on_launched(message)
+        elif isinstance(message, TaskFailed):
+            self._on_task_failed(peer, message)
+        elif isinstance(message, GroupNotLaunched):
+            run = self.groups.pop(message.group_id, None)
+            if run is not None and not run.launched.done():
+                run.launched.set_exception(message.error)
+        elif isinstance(message, ExecutorJoined):
+            self.executors[message.executor_id] = message.cores
+            self._membership.set()
+        elif isinstance(message, ExecutorLost):
+            self.executors.pop(message.executor_id, None)
+            self._membership.set()
+            for run in list(self.groups.values()):
+                if message.executor_id in run.participants:
+                    self._fail(run, JobFailed(
+                        f"executor {message.executor_id} was lost: {message.reason}",
+                        executor=message.executor_id,
+                    ))
+        else:
+            raise UnexpectedMessage(f"driver does not handle {type(message).__name__}")
+
+    def _on_launched(self, msg: GroupLaunched) -> None:
+        run = self.groups.get(msg.group_id)
+        if run is None:
+            return
+        run.participants = msg.participants
+        run.shuffle_ids = msg.shuffle_ids
+        run.launched_at = self.node.now()
+        run.stats["tasks"] = msg.num_tasks
+        run.stats["launch_messages"] = msg.launch_messages
+        self.launch_messages += msg.launch_messages
+        loop = self.node.loop
+        for batch in msg.batches:
+            n = msg.result_tasks[batch]
+            run.results[batch] = loop.create_future()
+            run.pending[batch] = [_MISSING] * n
+            run.remaining[batch] = n
+        run.deadline = loop.call_later(self.group_timeout, self._expire, msg.group_id)
+        run.launched.set_result(msg.batches)
+
+    def _expire(self, group_id: int) -> None:
+        run = self.groups.get(group_id)
+        if run is not None:
+            self._fail(run, JobFailed(
+                f"group {group_id} did not complete within {self.group_timeout:.0f}s"
+            ))
+
+    def _on_result(self, peer: str, msg: TaskResult) -> None:
+        run = self.groups.get(msg.group_id)
+        if run is None or run.done:
+            return
+        slots = run.pending.get(msg.batch)
+        if slots is None or not 0 <= msg.partition < len(slots):
+            raise UnexpectedMessage(f"result for unknown task from {peer}: {msg.batch}")
+        if slots[msg.partition] is not _MISSING:
+            return  # a duplicate: each result is delivered once
+        try:
+            slots[msg.partition] = serde.loads(msg.value)
+        except Exception as exc:
+            self._fail(run, JobFailed(
+                f"result of micro-batch {msg.batch} partition {msg.partition} could not be "
+                f"unpickled on the driver: {exc!r}",
+                batch=msg.batch, partition=msg.partition, executor=peer,
+            ))
+            return
+        run.remaining[msg.batch] -= 1
+        if run.remaining[msg.batch] == 0:
+            fut = run.results[msg.batch]
+            if not fut.done():
+                fut.set_result(slots)
+            if all(v == 0 for v in run.remaining.values()):
+                self._complete(run)
+
+    def _complete(self, run: GroupRun) -> None:
+        run.done = True
+        run.stats["wall"] = self.node.now() - run.submitted_at
+        if run.deadline is not None:
+            run.deadline.cancel()
+        self.groups.pop(run.group_id, None)
+        self.groups_completed += 1
+        event = GroupCompleted(run.group_id, run.participants, run.shuffle_ids)
+        for target in ("dag", "group", "tracker"):
+            self.node.post(self.node.address, target, event, self.name)
+
+    def _on_task_failed(self, peer: str, msg: TaskFailed) -> None:
+        run = self.groups.get(msg.group_id)
+        if run is None or run.done:
+            return
+        self._fail(run, JobFailed(
+            f"task of micro-batch {msg.batch} (stage {msg.stage_id}, partition {msg.partition}) "
+            f"failed on executor {msg.executor_id} after {msg.attempt} attempt(s): "
+            f"{msg.error_type}: {msg.error}",
+            batch=msg.batch, stage=msg.stage_id, partition=msg.partition,
+            executor=msg.executor_id, attempts=msg.attempt,
+            remote_traceback=msg.traceback, cause_type=msg.error_type,
+        ))
+
+    def _fail(self, run: GroupRun, error: JobFailed) -> None:
+        if run.done:
+            return
+        run.done = True
+        if run.deadline is not None:
+            run.deadline.cancel()
+        self.groups.pop(run.group_id, None)
+        if not run.launched.done():
+            run.launched.set_exception(error)
+        for fut in run.results.values():
+            if not fut.done():
+                fut.set_exception(error)
+                fut.exception()  # retrieved here too: a caller may stop listening
+        abort = GroupAborted(run.group_id, run.participants, str(error).splitlines()[0])
+        for target in ("dag", "group", "tracker"):
+            self.node.post(self.node.address, target, abort, self.name)
+
+    async def aclose(self) -> None:
+        for run in list(self.groups.values()):
+            self._fail(run, JobFailed("the context was closed"))

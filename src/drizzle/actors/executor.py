@@ -1,0 +1,308 @@
+"""The executor actor: its local scheduler's I/O shell.
+
+Registers with the group scheduler (versions checked there), heartbeats, turns
+launches and notices into events for ``ExecutorState``, and carries out its commands:
+fetching a task's remote inputs (one ``FetchBlocks`` per peer, with a deadline), running
+the task on a worker thread, storing its output, and sending notices and results. It
+also serves ``FetchBlocks`` from its block store. If the driver stops answering
+heartbeats, the executor stops by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import itertools
+import logging
+import sys
+import traceback
+from collections import defaultdict
+from typing import Any
+
+import cloudpickle
+
+from drizzle import __version__, serde
+from drizzle.actors.node import Actor, Node, UnexpectedMessage
+from drizzle.errors import DrizzleError
+from drizzle.executor.runner import PipelineCache, PreparedEnv, execute
+from drizzle.executor.state import (
+    BlockNoticed,
+    Command,
+    DropShuffles,
+    ExecutorState,
+    GroupCancelled,
+    GroupLaunched,
+    MapOutputNoticed,
+    SendToDriver,
+    SendToPeer,
+    StartTask,
+    TaskErrored,
+    TaskSucceeded,
+)
+from drizzle.executor.store import BlockStore
+from drizzle.wire.messages import (
+    PROTOCOL_VERSION,
+    BlockKey,
+    BlockReady,
+    BlocksFetched,
+    CancelGroup,
+    ErrorReply,
+    ExecutorRegistered,
+    FetchBlocks,
+    Heartbeat,
+    HeartbeatAck,
+    LaunchGroup,
+    MapOutputReady,
+    RegisterExecutor,
+    RegistrationRefused,
+    ReleaseBlocks,
+    StopExecutor,
+)
+
+log = logging.getLogger("drizzle.executor")
+
+
+class FetchFailed(DrizzleError):
+    """Blocks a task needs could not be fetched from a peer."""
+
+
+class ExecutorActor(Actor):
+    name = "executor"
+
+    def __init__(
+        self,
+        node: Node,
+        driver: str,
+        cores: int = 1,
+        *,
+        barrier: bool = True,
+        max_task_attempts: int = 4,
+        fetch_timeout: float = 30.0,
+        register_timeout: float = 30.0,
+    ) -> None:
+        super().__init__(node)
+        self.driver = driver
+        self.cores = cores
+        self.fetch_timeout = fetch_timeout
+        self.register_timeout = register_timeout
+        self.state = ExecutorState(
+            executor_id="", cores=cores, barrier=barrier, max_task_attempts=max_task_attempts
+        )
+        self.store = BlockStore()
+        self.blobs: dict[str, bytes] = {}
+        self.pipelines = PipelineCache(self.blobs)
+        self.pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=cores, thread_name_prefix="drizzle-task"
+        )
+        self._fetches: dict[int, asyncio.Future[BlocksFetched]] = {}
+        self._request_ids = itertools.count()
+        self._registered: asyncio.Future[ExecutorRegistered] = node.loop.create_future()
+        self.stopped: asyncio.Future[str] = node.loop.create_future()
+        self._heartbeat_seq = 0
+        self._last_ack = 0.0
+
+    @property
+    def executor_id(self) -> str:
+        return self.node.address
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def register(self) -> None:
+        """Join the cluster; raises ``DrizzleError`` if refused or unanswered in time."""
+        self.state.executor_id = self.executor_id
+        self.node.post(
+            self.driver,
+            "group",
+            RegisterExecutor(
+                self.executor_id,
+                self.node.address,
+                self.cores,
+                PROTOCOL_VERSION,
+                __version__,
+                sys.version.split()[0],
+                cloudpickle.__version__,
+            ),
+            self.name,
+        )
+        try:
+            accepted = await asyncio.wait_for(self._registered, self.register_timeout)
+        except TimeoutError:
+            raise DrizzleError(
+                f"driver at {self.driver} did not answer registration within "
+                f"{self.register_timeout:.0f}s"
+            ) from None
+        self._last_ack = self.node.now()
+        self.node.spawn(
+            self._heartbeat(accepted.heartbeat_interval, accepted.heartbeat_timeout),
+            name="heartbeat",
+        )
+
+    async def _heartbeat(self, interval: float, timeout: float) -> None:
+        while not self.stopped.done():
+            self._heartbeat_seq += 1
+            self.node.post(
+                self.driver, "group", Heartbeat(self.executor_id, self._heartbeat_seq), self.name
+            )
+            await asyncio.sleep(interval)
+            if self.node.now() - self._last_ack > timeout:
+                self._stop(f"driver silent for more than {timeout:.1f}s")
+
+    def _stop(self, reason: str) -> None:
+        if not self.stopped.done():
+            log.info("executor %s stopping: %s", self.executor_id, reason)
+            self.stopped.set_result(reason)
+
+    async def aclose(self) -> None:
+        self._stop("closed")
+        for fut in self._fetches.values():
+            if not fut.done():
+                fut.set_exception(DrizzleError("executor closed"))
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def on_peer_unreachable(self, peer: str, error: Exception) -> None:
+        if peer == self.driver:
+            self._stop(f"driver unreachable: {error}")
+
+    # ------------------------------------------------------------------ messages
+
+    def receive(self, peer: str, sender: str, message: Any) -> None:
+        if isinstance(message, MapOutputReady):
+            self._apply(MapOutputNoticed(message))
+        elif isinstance(message, FetchBlocks):
+            self._serve(peer, sender, message)
+        elif isinstance(message, BlocksFetched):
+            fut = self._fetches.pop(message.request_id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(message)
+        elif isinstance(message, LaunchGroup):
+            for blob in message.blobs:
+                self.blobs[blob.digest] = blob.data
+            self._apply(GroupLaunched(message))
+        elif isinstance(message, BlockReady):
+            self._apply(BlockNoticed(message))
+        elif isinstance(message, HeartbeatAck):
+            self._last_ack = self.node.now()
+        elif isinstance(message, CancelGroup):
+            self._apply(GroupCancelled(message.group_id))
+        elif isinstance(message, ReleaseBlocks):
+            self.store.drop_datasets(message.dataset_ids)
+        elif isinstance(message, ExecutorRegistered):
+            if not self._registered.done():
+                self._registered.set_result(message)
+        elif isinstance(message, RegistrationRefused):
+            if not self._registered.done():
+                self._registered.set_exception(DrizzleError(message.reason))
+        elif isinstance(message, StopExecutor):
+            self._stop(message.reason)
+        elif isinstance(message, ErrorReply):
+            log.warning("peer %s rejected a message: %s", peer, message.reason)
+        else:
+            raise UnexpectedMessage(f"executor does not handle {type(message).__name__}")
+
+    def _apply(self, event: Any) -> None:
+        for command in self.state.handle(event):
+            self._run_command(command)
+
+    def _run_command(self, command: Command) -> None:
+        if isinstance(command, StartTask):
+            self.node.spawn(self._run_task(command), name=f"task {command.spec.task_id}")
+        elif isinstance(command, SendToPeer):
+            self.node.post(command.peer, "executor", command.message, self.name)
+        elif isinstance(command, SendToDriver):
+            self.node.post(self.driver, command.target, command.message, self.name)
+        elif isinstance(command, DropShuffles):
+            self.store.drop_shuffles(command.shuffle_ids)
+
+    def _serve(self, peer: str, sender: str, request: FetchBlocks) -> None:
+        blocks: list[bytes] = []
+        missing: list[int] = []
+        for i, key in enumerate(request.keys):
+            data = self.store.get(key.id, key.index, key.reduce)
+            if data is None:
+                missing.append(i)
+                blocks.append(b"")
+            else:
+                blocks.append(data)
+        self.node.post(
+            peer, sender, BlocksFetched(request.request_id, tuple(blocks), tuple(missing)), self.name
+        )
+
+    # ------------------------------------------------------------------ tasks
+
+    async def _run_task(self, command: StartTask) -> None:
+        spec = command.spec
+        try:
+            shuffle_inputs, remote_cached = await self._fetch_inputs(command)
+        except (FetchFailed, DrizzleError) as exc:
+            self._apply(TaskErrored(spec.task_id, "FetchFailed", str(exc), "", retryable=False))
+            return
+        env = PreparedEnv(self.store, self.blobs, shuffle_inputs, remote_cached)
+        try:
+            output = await self.node.loop.run_in_executor(
+                self.pool, execute, self.pipelines, spec.payload, spec.partition, env
+            )
+        except Exception as exc:
+            tb = "".join(traceback.format_exception(exc))
+            self._apply(TaskErrored(spec.task_id, type(exc).__name__, str(exc), tb))
+            return
+        if spec.shuffle_output is not None:
+            assert isinstance(output, list)
+            self.store.put_map_output(spec.shuffle_output.shuffle_id, spec.partition, output)
+            self._apply(TaskSucceeded(spec.task_id, sizes=tuple(len(b) for b in output)))
+        else:
+            assert isinstance(output, bytes)
+            self._apply(TaskSucceeded(spec.task_id, value=output))
+
+    async def _fetch_inputs(
+        self, command: StartTask
+    ) -> tuple[dict[tuple[int, int], list[bytes]], dict[tuple[int, int], list[Any]]]:
+        me = self.executor_id
+        shuffle_inputs: dict[tuple[int, int], list[bytes]] = {}
+        wanted: dict[str, list[BlockKey]] = defaultdict(list)
+        slots: dict[str, list[tuple[str, tuple[int, int], int]]] = defaultdict(list)
+        for inp in command.spec.shuffle_inputs:
+            blocks: list[bytes] = [b""] * inp.num_maps
+            shuffle_inputs[(inp.shuffle_id, inp.partition)] = blocks
+            for map_id, holder in command.map_locations[inp.shuffle_id].items():
+                if holder == me:
+                    data = self.store.shuffle.get((inp.shuffle_id, map_id, inp.partition))
+                    if data is None:
+                        raise FetchFailed(
+                            f"local block {inp.shuffle_id}/{map_id}/{inp.partition} missing"
+                        )
+                    blocks[map_id] = data
+                else:
+                    wanted[holder].append(BlockKey(inp.shuffle_id, map_id, inp.partition))
+                    slots[holder].append(("s", (inp.shuffle_id, inp.partition), map_id))
+        remote_cached: dict[tuple[int, int], list[Any]] = {}
+        for key, holder in command.block_locations.items():
+            if holder != me or key not in self.store.cached:
+                if holder == me:
+                    raise FetchFailed(f"local cached partition {key} missing")
+                wanted[holder].append(BlockKey(key[0], key[1], -1))
+                slots[holder].append(("c", key, 0))
+        if wanted:
+            replies = await asyncio.gather(
+                *(self._fetch(peer, keys) for peer, keys in wanted.items())
+            )
+            for peer, reply in zip(wanted, replies, strict=True):
+                if reply.missing:
+                    raise FetchFailed(f"{len(reply.missing)} block(s) missing on {peer}")
+                for (kind, key, index), data in zip(slots[peer], reply.blocks, strict=True):
+                    if kind == "s":
+                        shuffle_inputs[key][index] = data
+                    else:
+                        remote_cached[key] = serde.loads(data)
+        return shuffle_inputs, remote_cached
+
+    async def _fetch(self, peer: str, keys: list[BlockKey]) -> BlocksFetched:
+        request_id = next(self._request_ids)
+        fut: asyncio.Future[BlocksFetched] = self.node.loop.create_future()
+        self._fetches[request_id] = fut
+        self.node.post(peer, "executor", FetchBlocks(request_id, tuple(keys)), self.name)
+        try:
+            return await asyncio.wait_for(fut, self.fetch_timeout)
+        except TimeoutError:
+            raise FetchFailed(f"fetch from {peer} timed out after {self.fetch_timeout}s") from None
+        finally:
+            self._fetches.pop(request_id, None)

@@ -1,0 +1,156 @@
+"""The group scheduler actor: membership, heartbeats, and one launch per executor per group."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import cloudpickle
+
+from drizzle import __version__
+from drizzle.actors.internal import (
+    ExecutorJoined,
+    ExecutorLost,
+    GroupAborted,
+    GroupCompleted,
+    GroupLaunched,
+    GroupNotLaunched,
+    GroupPlaced,
+    PlaceGroup,
+)
+from drizzle.actors.node import Actor, Node, UnexpectedMessage
+from drizzle.errors import ClusterError
+from drizzle.scheduler.group import GroupSchedulerState, NoExecutors
+from drizzle.wire.messages import (
+    PROTOCOL_VERSION,
+    CancelGroup,
+    ExecutorRegistered,
+    Heartbeat,
+    HeartbeatAck,
+    RegisterExecutor,
+    RegistrationRefused,
+    StopExecutor,
+)
+
+log = logging.getLogger("drizzle.group")
+
+DRIVER_SIDE = ("driver", "dag", "tracker")
+
+
+def version_mismatch(msg: RegisterExecutor) -> str:
+    """Empty if the executor runs what the driver runs, else what differs."""
+    ours = {
+        "protocol": str(PROTOCOL_VERSION),
+        "drizzle": __version__,
+        "python": sys.version.split()[0],
+        "cloudpickle": cloudpickle.__version__,
+    }
+    theirs = {
+        "protocol": str(msg.protocol_version),
+        "drizzle": msg.drizzle_version,
+        "python": msg.python_version,
+        "cloudpickle": msg.cloudpickle_version,
+    }
+    diffs = [f"{k} {theirs[k]} (driver has {ours[k]})" for k in ours if ours[k] != theirs[k]]
+    return ", ".join(diffs)
+
+
+class GroupSchedulerActor(Actor):
+    name = "group"
+
+    def __init__(
+        self, node: Node, *, heartbeat_interval: float = 0.5, heartbeat_timeout: float = 3.0
+    ) -> None:
+        super().__init__(node)
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self.state = GroupSchedulerState(heartbeat_timeout=heartbeat_timeout)
+        self._checker = node.spawn(self._check_liveness(), name="liveness")
+
+    async def _check_liveness(self) -> None:
+        import asyncio
+
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            for executor_id in self.state.expired(self.node.now()):
+                self._lost(executor_id, f"no heartbeat for {self.heartbeat_timeout:.1f}s")
+
+    def _lost(self, executor_id: str, reason: str) -> None:
+        log.warning("executor %s lost: %s", executor_id, reason)
+        for target in DRIVER_SIDE:
+            self.node.post(self.node.address, target, ExecutorLost(executor_id, reason), self.name)
+        self.node.spawn(self.node.forget_peer(executor_id), name="forget")
+
+    def receive(self, peer: str, sender: str, message: Any) -> None:
+        if isinstance(message, Heartbeat):
+            if self.state.heartbeat(peer, self.node.now()):
+                self.node.post(peer, sender, HeartbeatAck(message.seq), self.name)
+        elif isinstance(message, PlaceGroup):
+            self._place(message)
+        elif isinstance(message, RegisterExecutor):
+            self._register(peer, sender, message)
+        elif isinstance(message, GroupCompleted):
+            self.state.group_completed(set(message.participants), message.shuffle_ids)
+        elif isinstance(message, GroupAborted):
+            for executor in message.participants:
+                if executor in self.state.executors:
+                    self.node.post(executor, "executor",
+                                   CancelGroup(message.group_id, message.reason), self.name)
+        else:
+            raise UnexpectedMessage(f"group scheduler does not handle {type(message).__name__}")
+
+    def _register(self, peer: str, sender: str, msg: RegisterExecutor) -> None:
+        mismatch = version_mismatch(msg)
+        if mismatch:
+            reason = f"executor {peer} refused: version mismatch: {mismatch}"
+            log.error(reason)
+            self.node.post(peer, sender, RegistrationRefused(msg.executor_id, reason), self.name)
+            return
+        if msg.executor_id != peer or msg.cores <= 0:
+            reason = f"executor {peer} refused: bad registration {msg!r}"
+            self.node.post(peer, sender, RegistrationRefused(msg.executor_id, reason), self.name)
+            return
+        self.state.register(peer, msg.cores, self.node.now())
+        self.node.post(
+            peer,
+            sender,
+            ExecutorRegistered(peer, self.heartbeat_interval, self.heartbeat_timeout),
+            self.name,
+        )
+        self.node.post(self.node.address, "driver", ExecutorJoined(peer, msg.cores), self.name)
+
+    def _place(self, message: PlaceGroup) -> None:
+        plan = message.plan
+        try:
+            placement = self.state.place(plan)
+        except NoExecutors as exc:
+            self.node.post(self.node.address, "driver",
+                           GroupNotLaunched(plan.group_id, ClusterError(str(exc))), self.name)
+            return
+        self.node.post(self.node.address, "dag",
+                       GroupPlaced(plan.group_id, placement.produced), self.name)
+        self.node.post(
+            self.node.address,
+            "driver",
+            GroupLaunched(
+                plan.group_id,
+                tuple(b.batch for b in plan.batches),
+                placement.result_tasks,
+                frozenset(placement.launches),
+                plan.shuffle_ids,
+                placement.num_tasks,
+                len(placement.launches),
+            ),
+            self.name,
+        )
+        for executor, launch in placement.launches.items():
+            self.node.post(executor, "executor", launch, self.name)
+
+    def on_peer_unreachable(self, peer: str, error: Exception) -> None:
+        if self.state.remove(peer):
+            self._lost(peer, f"unreachable: {error}")
+
+    async def aclose(self) -> None:
+        for executor in list(self.state.executors):
+            self.node.post(executor, "executor", StopExecutor("driver shutting down"), self.name)

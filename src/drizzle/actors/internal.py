@@ -1,0 +1,73 @@
+"""Events between the driver-side actors, which share the driver's process.
+
+These carry Python objects (datasets, plans) and are posted on the driver's node
+only, so they are not wire messages and are never encoded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from drizzle.plan import BlockId
+from drizzle.scheduler.dag import BatchRequest, GroupPlan
+
+
+@dataclass(frozen=True, slots=True)
+class PlanGroup:
+    group_id: int
+    requests: Sequence[BatchRequest]
+
+
+@dataclass(frozen=True, slots=True)
+class PlaceGroup:
+    plan: GroupPlan
+
+
+@dataclass(frozen=True, slots=True)
+class GroupLaunched:
+    group_id: int
+    batches: tuple[int, ...]
+    result_tasks: dict[int, int]
+    participants: frozenset[str]
+    shuffle_ids: tuple[int, ...]
+    num_tasks: int
+    launch_messages: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPlaced:
+    group_id: int
+    produced: dict[BlockId, str]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupNotLaunched:
+    group_id: int
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
+class GroupCompleted:
+    group_id: int
+    participants: frozenset[str]
+    shuffle_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupAborted:
+    group_id: int
+    participants: frozenset[str]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorJoined:
+    executor_id: str
+    cores: int
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorLost:
+    executor_id: str
+    reason: str

@@ -1,0 +1,34 @@
+"""The map output tracker actor: records asynchronous map-output notices."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drizzle.actors.internal import ExecutorLost, GroupAborted, GroupCompleted
+from drizzle.actors.node import Actor, Node, UnexpectedMessage
+from drizzle.scheduler.tracker import MapOutputTrackerState
+from drizzle.wire.messages import MapOutputReady
+
+
+class MapOutputTrackerActor(Actor):
+    name = "tracker"
+
+    def __init__(self, node: Node) -> None:
+        super().__init__(node)
+        self.state = MapOutputTrackerState()
+
+    def receive(self, peer: str, sender: str, message: Any) -> None:
+        if isinstance(message, MapOutputReady):
+            if message.executor_id != peer:
+                raise UnexpectedMessage(
+                    f"notice from {peer} claims executor {message.executor_id}"
+                )
+            self.state.record(message)
+        elif isinstance(message, GroupCompleted):
+            self.state.release(message.shuffle_ids)
+        elif isinstance(message, GroupAborted):
+            pass
+        elif isinstance(message, ExecutorLost):
+            self.state.executor_lost(message.executor_id)
+        else:
+            raise UnexpectedMessage(f"tracker does not handle {type(message).__name__}")

@@ -1,0 +1,144 @@
+"""Starting and stopping the nodes behind a master URL.
+
+``local[N]``: driver and N executors in this process and event loop over ``inproc``.
+``local-cluster[N,cores]``: N executor processes over zmq on loopback, started and
+stopped here; each also exits by itself if this process dies. ``tcp://host:port``:
+the driver listens and executors started elsewhere join.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+from drizzle.actors.dag_scheduler import DagSchedulerActor
+from drizzle.actors.driver import DriverActor
+from drizzle.actors.executor import ExecutorActor
+from drizzle.actors.group_scheduler import GroupSchedulerActor
+from drizzle.actors.map_output_tracker import MapOutputTrackerActor
+from drizzle.actors.node import Node
+from drizzle.errors import ClusterError
+from drizzle.master import Master
+from drizzle.transport.base import TransportOptions, open_transport
+from drizzle.transport.inproc import InProcNetwork, InProcTransport
+
+log = logging.getLogger("drizzle.cluster")
+_cluster_ids = itertools.count()
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    heartbeat_interval: float = 0.5
+    heartbeat_timeout: float = 3.0
+    barrier: bool = True
+    max_task_attempts: int = 4
+    group_timeout: float = 600.0
+    start_timeout: float = 60.0
+    check_codec: bool = False
+    insecure: bool = False
+
+
+@dataclass
+class Cluster:
+    master: Master
+    options: ClusterOptions
+    driver_node: Node | None = None
+    driver: DriverActor | None = None
+    group: GroupSchedulerActor | None = None
+    dag: DagSchedulerActor | None = None
+    tracker: MapOutputTrackerActor | None = None
+    executor_nodes: list[Node] = field(default_factory=list)
+    executors: list[ExecutorActor] = field(default_factory=list)
+    processes: list[asyncio.subprocess.Process] = field(default_factory=list)
+    network: InProcNetwork | None = None
+
+    async def start(self) -> None:
+        opts = self.options
+        kind = self.master.kind
+        if kind == "local":
+            self.network = InProcNetwork(check_codec=opts.check_codec)
+            name = f"inproc://drizzle-{os.getpid()}-{next(_cluster_ids)}"
+            transport = InProcTransport(f"{name}/driver", network=self.network)
+        elif kind == "local-cluster":
+            transport = open_transport("tcp://127.0.0.1:0")
+        else:
+            transport = open_transport(self.master.address, TransportOptions(insecure=opts.insecure))
+        node = Node(transport)
+        self.driver_node = node
+        self.driver = DriverActor(node, group_timeout=opts.group_timeout)
+        self.dag = DagSchedulerActor(node)
+        self.tracker = MapOutputTrackerActor(node)
+        self.group = GroupSchedulerActor(
+            node,
+            heartbeat_interval=opts.heartbeat_interval,
+            heartbeat_timeout=opts.heartbeat_timeout,
+        )
+        for actor in (self.driver, self.dag, self.tracker, self.group):
+            node.add(actor)
+        await node.start()
+        try:
+            if kind == "local":
+                for i in range(self.master.executors):
+                    await self._start_inproc_executor(f"{name}/executor-{i}")
+            elif kind == "local-cluster":
+                await self._spawn_processes()
+            await self.driver.wait_executors(self.master.executors, opts.start_timeout)
+        except TimeoutError:
+            await self.close()
+            raise ClusterError(
+                f"only {len(self.driver.executors)} of {self.master.executors} executors "
+                f"registered within {opts.start_timeout:.0f}s"
+            ) from None
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _start_inproc_executor(self, address: str) -> None:
+        assert self.driver_node is not None
+        node = Node(InProcTransport(address, network=self.network))
+        actor = ExecutorActor(
+            node,
+            self.driver_node.address,
+            self.master.cores,
+            barrier=self.options.barrier,
+            max_task_attempts=self.options.max_task_attempts,
+        )
+        node.add(actor)
+        await node.start()
+        self.executor_nodes.append(node)
+        self.executors.append(actor)
+        await actor.register()
+
+    async def _spawn_processes(self) -> None:
+        assert self.driver_node is not None
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        for _ in range(self.master.executors):
+            cmd = [
+                sys.executable, "-m", "drizzle.node", "executor",
+                "--driver", self.driver_node.address,
+                "--cores", str(self.master.cores),
+                "--parent-pid", str(os.getpid()),
+                "--max-task-attempts", str(self.options.max_task_attempts),
+            ]
+            if not self.options.barrier:
+                cmd.append("--no-barrier")
+            proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdin=asyncio.subprocess.DEVNULL)
+            self.processes.append(proc)
+
+    async def close(self) -> None:
+        if self.driver_node is not None:
+            await self.driver_node.close()  # tells every executor to stop
+        for node in self.executor_nodes:
+            await node.close()
+        for proc in self.processes:
+            try:
+                await asyncio.wait_for(proc.wait(), 5.0)
+            except TimeoutError:
+                log.warning("executor process %d did not exit; killing it", proc.pid)
+                proc.kill()
+                await proc.wait()

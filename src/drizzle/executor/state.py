@@ -1,0 +1,396 @@
+"""The executor's local scheduler as a pure state machine.
+
+``ExecutorState.handle(event) -> list[command]``. It holds pre-scheduled tasks that wait,
+inactive and using no slot, for their inputs: notices of map outputs (``MapOutputReady``)
+and of cached partitions (``BlockReady``), counted whether they arrive before or after
+the task is registered, and never twice. Runnable tasks start in priority order (lower
+micro-batch first; within a micro-batch, downstream stages first) while slots are free;
+with the barrier on, a task of micro-batch b starts only when no task of an earlier
+micro-batch of its group is unfinished here. Finished map tasks emit one notice per
+distinct reducer executor (locally it is applied at once) and one to the tracker.
+No I/O, no clock, no asyncio.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from drizzle.wire.messages import (
+    BlockReady,
+    LaunchGroup,
+    MapOutputReady,
+    TaskFailed,
+    TaskResult,
+    TaskSpec,
+)
+
+# ---------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class GroupLaunched:
+    launch: LaunchGroup
+
+
+@dataclass(frozen=True, slots=True)
+class MapOutputNoticed:
+    notice: MapOutputReady
+
+
+@dataclass(frozen=True, slots=True)
+class BlockNoticed:
+    notice: BlockReady
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSucceeded:
+    task_id: int
+    sizes: tuple[int, ...] = ()
+    """Map tasks: the byte size of each reducer's block (already stored)."""
+    value: bytes = b""
+    """Result tasks: the pickled result."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskErrored:
+    task_id: int
+    error_type: str
+    error: str
+    traceback: str
+    retryable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class GroupCancelled:
+    group_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ShufflesReleased:
+    shuffle_ids: tuple[int, ...]
+
+
+Event = (
+    GroupLaunched
+    | MapOutputNoticed
+    | BlockNoticed
+    | TaskSucceeded
+    | TaskErrored
+    | GroupCancelled
+    | ShufflesReleased
+)
+
+# -------------------------------------------------------------------------- commands
+
+
+@dataclass(frozen=True, slots=True)
+class StartTask:
+    """Fetch the task's inputs (locations given), run it on a worker, report back."""
+
+    group_id: int
+    spec: TaskSpec
+    map_locations: dict[int, dict[int, str]]
+    """shuffle id → map id → executor holding that map output."""
+    block_locations: dict[tuple[int, int], str]
+    """(dataset id, partition) → executor holding the cached partition."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendToPeer:
+    peer: str
+    message: MapOutputReady | BlockReady
+
+
+@dataclass(frozen=True, slots=True)
+class SendToDriver:
+    target: str
+    """Driver-side actor: ``tracker`` for notices, ``driver`` for results and failures."""
+    message: MapOutputReady | TaskResult | TaskFailed
+
+
+@dataclass(frozen=True, slots=True)
+class DropShuffles:
+    shuffle_ids: tuple[int, ...]
+
+
+Command = StartTask | SendToPeer | SendToDriver | DropShuffles
+
+# ----------------------------------------------------------------------------- state
+
+
+@dataclass
+class _Task:
+    group_id: int
+    spec: TaskSpec
+    missing_shuffles: set[int]
+    missing_blocks: set[tuple[int, int]]
+    state: str = "waiting"  # waiting → runnable → running → done
+
+
+@dataclass
+class ExecutorStats:
+    notices_received: int = 0
+    notices_sent: int = 0
+    tasks_started: int = 0
+    tasks_succeeded: int = 0
+    tasks_failed: int = 0
+    retries: int = 0
+
+
+@dataclass
+class ExecutorState:
+    executor_id: str
+    cores: int
+    barrier: bool = True
+    max_task_attempts: int = 4
+    tasks: dict[int, _Task] = field(default_factory=dict)
+    map_outputs: dict[int, dict[int, str]] = field(default_factory=lambda: defaultdict(dict))
+    blocks: dict[tuple[int, int], str] = field(default_factory=dict)
+    stats: ExecutorStats = field(default_factory=ExecutorStats)
+    _num_maps: dict[int, int] = field(default_factory=dict)
+    _waiting_on_shuffle: dict[int, set[int]] = field(default_factory=lambda: defaultdict(set))
+    _waiting_on_block: dict[tuple[int, int], set[int]] = field(
+        default_factory=lambda: defaultdict(set)
+    )
+    _runnable: list[tuple[int, int, int, int, int]] = field(default_factory=list)
+    _unfinished: dict[tuple[int, int], int] = field(default_factory=lambda: defaultdict(int))
+    _running: int = 0
+
+    # ------------------------------------------------------------------ dispatch
+
+    def handle(self, event: Event) -> list[Command]:
+        out: list[Command] = []
+        if isinstance(event, MapOutputNoticed):
+            self._on_map_output(event.notice, out)
+        elif isinstance(event, TaskSucceeded):
+            self._on_success(event, out)
+        elif isinstance(event, GroupLaunched):
+            self._on_launch(event.launch, out)
+        elif isinstance(event, BlockNoticed):
+            self._on_block(event.notice.dataset_id, event.notice.partition,
+                           event.notice.executor_id)
+        elif isinstance(event, TaskErrored):
+            self._on_error(event, out)
+        elif isinstance(event, GroupCancelled):
+            self._on_cancel(event.group_id)
+        elif isinstance(event, ShufflesReleased):
+            self._release(event.shuffle_ids, out)
+        else:  # pragma: no cover - the Event union is closed
+            raise TypeError(f"unhandled event {event!r}")
+        self._schedule(out)
+        return out
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    def unfinished_tasks(self) -> int:
+        return sum(1 for t in self.tasks.values() if t.state != "done")
+
+    # ------------------------------------------------------------------ handlers
+
+    def _on_launch(self, launch: LaunchGroup, out: list[Command]) -> None:
+        if launch.release_shuffles:
+            self._release(launch.release_shuffles, out)
+        for loc in launch.known_map_outputs:
+            self.map_outputs[loc.shuffle_id].setdefault(loc.map_id, loc.executor_id)
+        for spec in launch.tasks:
+            self._register(launch.group_id, spec)
+
+    def _register(self, group_id: int, spec: TaskSpec) -> None:
+        if spec.task_id in self.tasks:
+            return  # a duplicated launch: the task is already known
+        missing_shuffles = set()
+        for inp in spec.shuffle_inputs:
+            self._num_maps[inp.shuffle_id] = inp.num_maps
+            if len(self.map_outputs.get(inp.shuffle_id, ())) < inp.num_maps:
+                missing_shuffles.add(inp.shuffle_id)
+                self._waiting_on_shuffle[inp.shuffle_id].add(spec.task_id)
+        missing_blocks = set()
+        for block in spec.block_inputs:
+            key = (block.dataset_id, block.partition)
+            if block.location and key not in self.blocks:
+                self.blocks[key] = block.location
+            if key not in self.blocks:
+                missing_blocks.add(key)
+                self._waiting_on_block[key].add(spec.task_id)
+        task = _Task(group_id, spec, missing_shuffles, missing_blocks)
+        self.tasks[spec.task_id] = task
+        self._unfinished[(group_id, spec.batch)] += 1
+        if not missing_shuffles and not missing_blocks:
+            self._make_runnable(task)
+
+    def _on_map_output(self, notice: MapOutputReady, out: list[Command]) -> None:
+        self.stats.notices_received += 1
+        outputs = self.map_outputs[notice.shuffle_id]
+        outputs[notice.map_id] = notice.executor_id  # a re-run map may move; never double count
+        needed = self._num_maps.get(notice.shuffle_id)
+        if needed is None or len(outputs) < needed:
+            return
+        for task_id in self._waiting_on_shuffle.pop(notice.shuffle_id, ()):
+            task = self.tasks.get(task_id)
+            if task is None or task.state != "waiting":
+                continue
+            task.missing_shuffles.discard(notice.shuffle_id)
+            if not task.missing_shuffles and not task.missing_blocks:
+                self._make_runnable(task)
+
+    def _on_block(self, dataset_id: int, partition: int, executor_id: str) -> None:
+        key = (dataset_id, partition)
+        self.blocks[key] = executor_id
+        for task_id in self._waiting_on_block.pop(key, ()):
+            task = self.tasks.get(task_id)
+            if task is None or task.state != "waiting":
+                continue
+            task.missing_blocks.discard(key)
+            if not task.missing_shuffles and not task.missing_blocks:
+                self._make_runnable(task)
+
+    def _on_success(self, event: TaskSucceeded, out: list[Command]) -> None:
+        task = self.tasks.get(event.task_id)
+        if task is None or task.state != "running":
+            return
+        self._finish(task)
+        self.stats.tasks_succeeded += 1
+        spec = task.spec
+        for block in spec.block_outputs:
+            self._on_block(block.dataset_id, block.partition, self.executor_id)
+            notice = BlockReady(task.group_id, block.dataset_id, block.partition, self.executor_id)
+            for peer in block.notify:
+                if peer != self.executor_id:
+                    out.append(SendToPeer(peer, notice))
+        if spec.shuffle_output is not None:
+            notice_m = MapOutputReady(
+                task.group_id,
+                spec.shuffle_output.shuffle_id,
+                spec.partition,
+                self.executor_id,
+                event.sizes,
+            )
+            for peer in spec.shuffle_output.notify:
+                self.stats.notices_sent += 1
+                if peer == self.executor_id:
+                    self._on_map_output(notice_m, out)
+                else:
+                    out.append(SendToPeer(peer, notice_m))
+            out.append(SendToDriver("tracker", notice_m))
+        if spec.is_result:
+            out.append(
+                SendToDriver(
+                    "driver",
+                    TaskResult(
+                        task.group_id,
+                        spec.batch,
+                        spec.stage_id,
+                        spec.partition,
+                        spec.task_id,
+                        spec.attempt,
+                        self.executor_id,
+                        event.value,
+                    ),
+                )
+            )
+
+    def _on_error(self, event: TaskErrored, out: list[Command]) -> None:
+        task = self.tasks.get(event.task_id)
+        if task is None or task.state != "running":
+            return
+        self._running -= 1
+        spec = task.spec
+        if event.retryable and spec.attempt + 1 < self.max_task_attempts:
+            self.stats.retries += 1
+            task.spec = _next_attempt(spec)
+            self._make_runnable(task)
+            return
+        self._finish(task, ran=False)
+        self.stats.tasks_failed += 1
+        out.append(
+            SendToDriver(
+                "driver",
+                TaskFailed(
+                    task.group_id,
+                    spec.batch,
+                    spec.stage_id,
+                    spec.partition,
+                    spec.task_id,
+                    spec.attempt + 1,
+                    self.executor_id,
+                    event.error_type,
+                    event.error,
+                    event.traceback,
+                ),
+            )
+        )
+
+    def _on_cancel(self, group_id: int) -> None:
+        for task in self.tasks.values():
+            if task.group_id == group_id and task.state in ("waiting", "runnable"):
+                self._finish(task, ran=False)
+
+    def _release(self, shuffle_ids: tuple[int, ...], out: list[Command]) -> None:
+        for sid in shuffle_ids:
+            self.map_outputs.pop(sid, None)
+            self._num_maps.pop(sid, None)
+            self._waiting_on_shuffle.pop(sid, None)
+        out.append(DropShuffles(shuffle_ids))
+        done = [tid for tid, t in self.tasks.items() if t.state == "done"]
+        for tid in done:
+            del self.tasks[tid]
+
+    # ------------------------------------------------------------------ scheduling
+
+    def _make_runnable(self, task: _Task) -> None:
+        task.state = "runnable"
+        spec = task.spec
+        # Lower micro-batch first; within one, later (downstream) stages first.
+        heapq.heappush(
+            self._runnable, (task.group_id, spec.batch, -spec.stage_id, spec.partition, spec.task_id)
+        )
+
+    def _finish(self, task: _Task, *, ran: bool = True) -> None:
+        if task.state == "running":
+            self._running -= 1
+        task.state = "done"
+        key = (task.group_id, task.spec.batch)
+        self._unfinished[key] -= 1
+        if self._unfinished[key] <= 0:
+            del self._unfinished[key]
+
+    def _earliest_unfinished(self, group_id: int) -> int | None:
+        batches = [b for (g, b) in self._unfinished if g == group_id]
+        return min(batches) if batches else None
+
+    def _schedule(self, out: list[Command]) -> None:
+        while self._runnable and self._running < self.cores:
+            group_id, batch, _, _, task_id = self._runnable[0]
+            task = self.tasks.get(task_id)
+            if task is None or task.state != "runnable":
+                heapq.heappop(self._runnable)
+                continue
+            if self.barrier:
+                earliest = self._earliest_unfinished(group_id)
+                if earliest is not None and earliest < batch:
+                    return
+            heapq.heappop(self._runnable)
+            task.state = "running"
+            self._running += 1
+            self.stats.tasks_started += 1
+            out.append(StartTask(group_id, task.spec, *self._locations(task.spec)))
+
+    def _locations(
+        self, spec: TaskSpec
+    ) -> tuple[dict[int, dict[int, str]], dict[tuple[int, int], str]]:
+        maps = {inp.shuffle_id: dict(self.map_outputs[inp.shuffle_id]) for inp in spec.shuffle_inputs}
+        blocks = {
+            (b.dataset_id, b.partition): self.blocks[(b.dataset_id, b.partition)]
+            for b in spec.block_inputs
+        }
+        return maps, blocks
+
+
+def _next_attempt(spec: TaskSpec) -> TaskSpec:
+    from dataclasses import replace
+
+    return replace(spec, attempt=spec.attempt + 1)

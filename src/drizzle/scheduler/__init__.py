@@ -1,0 +1,1 @@
+"""Driver-side state machines: DAG planning, group placement, map outputs, results."""

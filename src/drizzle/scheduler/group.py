@@ -1,0 +1,190 @@
+"""The group scheduler's state: executors, liveness, and placement once per group.
+
+Placement is one decision per group: every (stage position, partition) gets one
+executor, the same for all micro-batches of the group, chosen downstream first (the
+result stage, then its parents) so that every map task is launched knowing where its
+reducers wait. A task that reads a cached partition goes where that partition is;
+otherwise executors are taken round-robin in a fixed order, so the same task lands
+on the same executor group after group (sticky) while membership is unchanged.
+The output is one ``LaunchGroup`` per executor holding all of its tasks, with only
+the payloads that executor has not been sent before.
+Pure: no I/O; the time comes in with the events.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from drizzle.plan import BlockId
+from drizzle.scheduler.dag import GroupPlan
+from drizzle.wire.messages import (
+    Blob,
+    BlockInput,
+    BlockOutput,
+    LaunchGroup,
+    ShuffleInput,
+    ShuffleOutput,
+    TaskSpec,
+)
+
+
+@dataclass
+class ExecutorInfo:
+    executor_id: str
+    cores: int
+    last_heartbeat: float
+    tasks_finished: int = 0
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The outcome of placing one group."""
+
+    launches: dict[str, LaunchGroup]
+    produced: dict[BlockId, str]
+    """Cached partitions the group writes → executor."""
+    result_tasks: dict[int, int]
+    """Micro-batch → number of result partitions."""
+    num_tasks: int
+
+
+class NoExecutors(Exception):
+    pass
+
+
+@dataclass
+class GroupSchedulerState:
+    heartbeat_timeout: float = 3.0
+    executors: dict[str, ExecutorInfo] = field(default_factory=dict)
+    blobs_sent: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    to_release: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    next_task_id: int = 0
+    launches_sent: int = 0
+
+    # ------------------------------------------------------------------ membership
+
+    def register(self, executor_id: str, cores: int, now: float) -> None:
+        self.executors[executor_id] = ExecutorInfo(executor_id, cores, now)
+
+    def heartbeat(self, executor_id: str, now: float) -> bool:
+        info = self.executors.get(executor_id)
+        if info is None:
+            return False
+        info.last_heartbeat = now
+        return True
+
+    def expired(self, now: float) -> list[str]:
+        """Executors whose heartbeats stopped; they are removed."""
+        dead = [
+            e for e, info in self.executors.items()
+            if now - info.last_heartbeat > self.heartbeat_timeout
+        ]
+        for e in dead:
+            self.remove(e)
+        return dead
+
+    def remove(self, executor_id: str) -> bool:
+        self.blobs_sent.pop(executor_id, None)
+        self.to_release.pop(executor_id, None)
+        return self.executors.pop(executor_id, None) is not None
+
+    def group_completed(self, participants: set[str], shuffle_ids: tuple[int, ...]) -> None:
+        for e in participants:
+            if e in self.executors:
+                self.to_release[e].extend(shuffle_ids)
+
+    # ------------------------------------------------------------------ placement
+
+    def place(self, plan: GroupPlan) -> Placement:
+        order = sorted(self.executors)
+        if not order:
+            raise NoExecutors("no executors are registered")
+        first = plan.batches[0]
+        where: dict[tuple[int, int], str] = {}
+        cursor = 0
+        for stage in reversed(first.stages):  # downstream first
+            for partition, deps in enumerate(stage.tasks):
+                preferred = [
+                    plan.materialized[b] for b in deps.cache_reads
+                    if plan.materialized.get(b) in self.executors
+                ]
+                if preferred:
+                    where[(stage.position, partition)] = preferred[0]
+                else:
+                    where[(stage.position, partition)] = order[cursor % len(order)]
+                    cursor += 1
+
+        # Who reads what: shuffle → executors of its readers; block → remote readers.
+        shuffle_readers: dict[int, set[str]] = defaultdict(set)
+        block_readers: dict[BlockId, set[str]] = defaultdict(set)
+        for batch in plan.batches:
+            for stage in batch.stages:
+                for partition, deps in enumerate(stage.tasks):
+                    executor = where[(stage.position, partition)]
+                    for shuffle_id, _, _ in deps.shuffle_reads:
+                        shuffle_readers[shuffle_id].add(executor)
+                    for block in deps.cache_reads:
+                        if block not in plan.materialized:
+                            block_readers[block].add(executor)
+
+        tasks: dict[str, list[TaskSpec]] = defaultdict(list)
+        needed: dict[str, list[str]] = defaultdict(list)
+        produced: dict[BlockId, str] = {}
+        result_tasks: dict[int, int] = {}
+        for batch in plan.batches:
+            for stage in batch.stages:
+                if stage.is_result:
+                    result_tasks[batch.batch] = stage.num_partitions
+                for partition, deps in enumerate(stage.tasks):
+                    executor = where[(stage.position, partition)]
+                    for block in deps.cache_writes:
+                        produced[block] = executor
+                    shuffle_output = None
+                    if stage.shuffle_id is not None:
+                        shuffle_output = ShuffleOutput(
+                            stage.shuffle_id,
+                            stage.num_reducers,
+                            tuple(sorted(shuffle_readers.get(stage.shuffle_id, ()))),
+                        )
+                    spec = TaskSpec(
+                        task_id=self.next_task_id,
+                        batch=batch.batch,
+                        stage_id=stage.stage_id,
+                        partition=partition,
+                        attempt=0,
+                        payload=stage.payload,
+                        blobs=tuple(deps.blobs),
+                        shuffle_inputs=tuple(ShuffleInput(*r) for r in deps.shuffle_reads),
+                        block_inputs=tuple(
+                            BlockInput(d, p, plan.materialized.get((d, p), ""))
+                            for d, p in deps.cache_reads
+                        ),
+                        shuffle_output=shuffle_output,
+                        block_outputs=tuple(
+                            BlockOutput(d, p, tuple(sorted(block_readers.get((d, p), set())
+                                                           - {executor})))
+                            for d, p in deps.cache_writes
+                        ),
+                        is_result=stage.is_result,
+                    )
+                    self.next_task_id += 1
+                    tasks[executor].append(spec)
+                    needed[executor].append(stage.payload)
+                    needed[executor].extend(deps.blobs)
+
+        launches: dict[str, LaunchGroup] = {}
+        for executor, specs in tasks.items():
+            sent = self.blobs_sent[executor]
+            blobs = []
+            for digest in dict.fromkeys(needed[executor]):
+                if digest not in sent:
+                    data = plan.payloads.get(digest)
+                    if data is None:
+                        data = plan.blobs[digest]
+                    blobs.append(Blob(digest, data))
+                    sent.add(digest)
+            release = tuple(self.to_release.pop(executor, ()))
+            launches[executor] = LaunchGroup(plan.group_id, tuple(specs), tuple(blobs), (), release)
+        self.launches_sent += len(launches)
+        return Placement(launches, produced, result_tasks, sum(len(t) for t in tasks.values()))

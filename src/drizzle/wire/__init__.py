@@ -1,0 +1,1 @@
+"""Typed messages and their codec: the wire format of Drizzle."""

@@ -1,0 +1,301 @@
+"""Every message that crosses a process boundary, one frozen dataclass each.
+
+Events are facts in the past tense (``MapOutputReady``); commands are imperative
+(``LaunchGroup``). Each carries the ids that explain it (group, micro-batch, stage,
+partition, attempt). Type ids are stable: never reuse a retired one. Depends only on
+``drizzle.wire.schema`` and ``drizzle.ids``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from drizzle.wire.schema import message, record
+
+PROTOCOL_VERSION = 1
+
+# ---------------------------------------------------------------------------- records
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class ShuffleInput:
+    """A task reads reduce partition ``partition`` of ``shuffle_id``, written by ``num_maps`` maps."""
+
+    shuffle_id: int
+    num_maps: int
+    partition: int
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class BlockInput:
+    """A task reads a cached partition.
+
+    ``location`` is the executor holding it when already materialised; ``""`` means it
+    is produced earlier in the same group and the task waits for its notice.
+    """
+
+    dataset_id: int
+    partition: int
+    location: str
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class ShuffleOutput:
+    """A map task writes ``num_reducers`` blocks of ``shuffle_id``, then tells ``notify``:
+    every executor that holds a task reading this shuffle (itself included, if so)."""
+
+    shuffle_id: int
+    num_reducers: int
+    notify: tuple[str, ...]
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class BlockOutput:
+    """A task caches a partition and tells ``notify`` (remote consumers) once it is stored."""
+
+    dataset_id: int
+    partition: int
+    notify: tuple[str, ...]
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """One task of a group: a (micro-batch, stage, partition) to run on one executor.
+
+    ``payload`` is the content hash of the pickled stage pipeline; ``blobs`` the hashes
+    of the data blobs it needs. Inputs name what the task waits for; outputs name whom
+    it notifies. A task with no inputs to wait for is runnable on arrival.
+    """
+
+    task_id: int
+    batch: int
+    stage_id: int
+    partition: int
+    attempt: int
+    payload: str
+    blobs: tuple[str, ...]
+    shuffle_inputs: tuple[ShuffleInput, ...]
+    block_inputs: tuple[BlockInput, ...]
+    shuffle_output: ShuffleOutput | None
+    block_outputs: tuple[BlockOutput, ...]
+    is_result: bool
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class Blob:
+    """Content-addressed bytes: a pickled stage pipeline or a partition of user data."""
+
+    digest: str
+    data: bytes
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class BlockKey:
+    """A block in an executor's store: a shuffle block (``reduce >= 0``) or a cached partition.
+
+    For a shuffle block, ``id`` is the shuffle id and ``index`` the map id; for a cached
+    partition, ``id`` is the dataset id, ``index`` the partition and ``reduce`` is -1.
+    """
+
+    id: int
+    index: int
+    reduce: int
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class MapLocation:
+    """Where a map output lives; carried by launches that re-place a reducer."""
+
+    shuffle_id: int
+    map_id: int
+    executor_id: str
+
+
+# ------------------------------------------------------------------ membership (exec ↔ group)
+
+
+@message(1)
+@dataclass(frozen=True, slots=True)
+class RegisterExecutor:
+    """An executor asks to join; versions are compared before it is accepted."""
+
+    executor_id: str
+    address: str
+    cores: int
+    protocol_version: int
+    drizzle_version: str
+    python_version: str
+    cloudpickle_version: str
+
+
+@message(2)
+@dataclass(frozen=True, slots=True)
+class ExecutorRegistered:
+    """The group scheduler accepted the executor; heartbeat settings follow."""
+
+    executor_id: str
+    heartbeat_interval: float
+    heartbeat_timeout: float
+
+
+@message(3)
+@dataclass(frozen=True, slots=True)
+class RegistrationRefused:
+    """The executor may not join (for example, a version mismatch)."""
+
+    executor_id: str
+    reason: str
+
+
+@message(4)
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    executor_id: str
+    seq: int
+
+
+@message(5)
+@dataclass(frozen=True, slots=True)
+class HeartbeatAck:
+    seq: int
+
+
+@message(6)
+@dataclass(frozen=True, slots=True)
+class StopExecutor:
+    """The executor should leave the cluster and exit."""
+
+    reason: str
+
+
+# ---------------------------------------------------------------------- launches (group → exec)
+
+
+@message(10)
+@dataclass(frozen=True, slots=True)
+class LaunchGroup:
+    """Every task one executor runs in one group, in one message.
+
+    ``blobs`` holds only the payloads this executor has not been sent before;
+    ``known_map_outputs`` pre-populates notices already seen (re-placed reducers);
+    ``release_shuffles`` lists shuffles of finished groups whose blocks may be freed.
+    """
+
+    group_id: int
+    tasks: tuple[TaskSpec, ...]
+    blobs: tuple[Blob, ...]
+    known_map_outputs: tuple[MapLocation, ...]
+    release_shuffles: tuple[int, ...]
+
+
+@message(11)
+@dataclass(frozen=True, slots=True)
+class CancelGroup:
+    """Drop every task of the group that has not finished; it will not complete."""
+
+    group_id: int
+    reason: str
+
+
+@message(12)
+@dataclass(frozen=True, slots=True)
+class ReleaseBlocks:
+    """Cached partitions of datasets that no longer exist on the driver may be freed."""
+
+    dataset_ids: tuple[int, ...]
+
+
+# ------------------------------------------------------------------ data plane (exec ↔ exec)
+
+
+@message(20)
+@dataclass(frozen=True, slots=True)
+class MapOutputReady:
+    """A map task stored its output; ``sizes[r]`` is the byte size of reducer r's block."""
+
+    group_id: int
+    shuffle_id: int
+    map_id: int
+    executor_id: str
+    sizes: tuple[int, ...]
+
+
+@message(21)
+@dataclass(frozen=True, slots=True)
+class BlockReady:
+    """A task stored a cached partition on ``executor_id``."""
+
+    group_id: int
+    dataset_id: int
+    partition: int
+    executor_id: str
+
+
+@message(22)
+@dataclass(frozen=True, slots=True)
+class FetchBlocks:
+    """Ask a peer for blocks of its store; answered by ``BlocksFetched``."""
+
+    request_id: int
+    keys: tuple[BlockKey, ...]
+
+
+@message(23)
+@dataclass(frozen=True, slots=True)
+class BlocksFetched:
+    """Blocks in the order asked; ``missing`` lists indexes of keys the store lacks."""
+
+    request_id: int
+    blocks: tuple[bytes, ...]
+    missing: tuple[int, ...]
+
+
+# -------------------------------------------------------------------- results (exec → driver)
+
+
+@message(30)
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """A result task finished; ``value`` is the pickled result of the job function."""
+
+    group_id: int
+    batch: int
+    stage_id: int
+    partition: int
+    task_id: int
+    attempt: int
+    executor_id: str
+    value: bytes
+
+
+@message(31)
+@dataclass(frozen=True, slots=True)
+class TaskFailed:
+    """A task gave up after its attempts, or could not fetch its inputs."""
+
+    group_id: int
+    batch: int
+    stage_id: int
+    partition: int
+    task_id: int
+    attempt: int
+    executor_id: str
+    error_type: str
+    error: str
+    traceback: str
+
+
+@message(32)
+@dataclass(frozen=True, slots=True)
+class ErrorReply:
+    """Answer to a message that could not be accepted (malformed, unknown, refused)."""
+
+    reason: str
