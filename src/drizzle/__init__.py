@@ -9,9 +9,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from drizzle.context import Context  # noqa: E402
-from drizzle.dataset import Dataset  # noqa: E402
-from drizzle.errors import (  # noqa: E402
+from drizzle.context import Context
+from drizzle.dataset import Dataset
+from drizzle.errors import (
     ClusterError,
     DrizzleError,
     GroupShapeError,
@@ -19,7 +19,7 @@ from drizzle.errors import (  # noqa: E402
     PeerUnreachable,
     ProtocolError,
 )
-from drizzle.runtime import run  # noqa: E402
+from drizzle.runtime import run
 
 __all__ = [
     "ClusterError",

@@ -23,7 +23,7 @@ from drizzle.actors.map_output_tracker import MapOutputTrackerActor
 from drizzle.actors.node import Node
 from drizzle.errors import ClusterError
 from drizzle.master import Master
-from drizzle.transport.base import TransportOptions, open_transport
+from drizzle.transport.base import Transport, TransportOptions, open_transport
 from drizzle.transport.inproc import InProcNetwork, InProcTransport
 
 log = logging.getLogger("drizzle.cluster")
@@ -59,6 +59,7 @@ class Cluster:
     async def start(self) -> None:
         opts = self.options
         kind = self.master.kind
+        transport: Transport
         if kind == "local":
             self.network = InProcNetwork(check_codec=opts.check_codec)
             name = f"inproc://drizzle-{os.getpid()}-{next(_cluster_ids)}"
@@ -66,7 +67,9 @@ class Cluster:
         elif kind == "local-cluster":
             transport = open_transport("tcp://127.0.0.1:0")
         else:
-            transport = open_transport(self.master.address, TransportOptions(insecure=opts.insecure))
+            transport = open_transport(
+                self.master.address, TransportOptions(insecure=opts.insecure)
+            )
         node = Node(transport)
         self.driver_node = node
         self.driver = DriverActor(node, group_timeout=opts.group_timeout)
@@ -119,15 +122,24 @@ class Cluster:
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         for _ in range(self.master.executors):
             cmd = [
-                sys.executable, "-m", "drizzle.node", "executor",
-                "--driver", self.driver_node.address,
-                "--cores", str(self.master.cores),
-                "--parent-pid", str(os.getpid()),
-                "--max-task-attempts", str(self.options.max_task_attempts),
+                sys.executable,
+                "-m",
+                "drizzle.node",
+                "executor",
+                "--driver",
+                self.driver_node.address,
+                "--cores",
+                str(self.master.cores),
+                "--parent-pid",
+                str(os.getpid()),
+                "--max-task-attempts",
+                str(self.options.max_task_attempts),
             ]
             if not self.options.barrier:
                 cmd.append("--no-barrier")
-            proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdin=asyncio.subprocess.DEVNULL)
+            proc = await asyncio.create_subprocess_exec(
+                *cmd, env=env, stdin=asyncio.subprocess.DEVNULL
+            )
             self.processes.append(proc)
 
     async def close(self) -> None:

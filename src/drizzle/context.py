@@ -167,7 +167,7 @@ class Context:
     ) -> list[BatchRequest]:
         if type(group_size) is not int or group_size <= 0:
             raise ValueError(f"group_size must be a positive int, got {group_size!r}")
-        if isinstance(datasets, Dataset):
+        if isinstance(datasets, Dataset):  # type: ignore[unreachable]
             raise TypeError("run_jobs takes a list of datasets; use run_job for one")
         datasets = list(datasets)
         if func is None:
@@ -185,4 +185,6 @@ class Context:
                 raise ValueError(f"datasets[{i}] belongs to another context")
             if not callable(fn):
                 raise TypeError(f"func for datasets[{i}] is not callable")
-        return [BatchRequest(i, ds, fn) for i, (ds, fn) in enumerate(zip(datasets, funcs, strict=True))]
+        return [
+            BatchRequest(i, ds, fn) for i, (ds, fn) in enumerate(zip(datasets, funcs, strict=True))
+        ]

@@ -40,21 +40,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="run tasks for a driver",
         description="Join the driver at --driver and run tasks for it.",
     )
-    ex.add_argument("--driver", required=True, metavar="ADDR",
-                    help="the driver's address, e.g. tcp://10.0.0.5:7077")
-    ex.add_argument("--cores", type=int, default=1, metavar="C",
-                    help="tasks run at once (worker threads); default 1")
-    ex.add_argument("--bind", metavar="ADDR",
-                    help="address to listen on for peers, e.g. tcp://10.0.0.6:0 (port 0: any); "
-                         "default: tcp://127.0.0.1:0 for a loopback driver")
-    ex.add_argument("--parent-pid", type=int, metavar="PID",
-                    help="exit when this process exits (used by local-cluster)")
-    ex.add_argument("--max-task-attempts", type=int, default=4, metavar="N",
-                    help="attempts of a task whose user code raises; default 4")
-    ex.add_argument("--no-barrier", action="store_true",
-                    help="let micro-batch b+1 start before micro-batch b's tasks here finish")
-    ex.add_argument("--insecure", action="store_true",
-                    help="allow a non-loopback address without authentication")
+    ex.add_argument(
+        "--driver",
+        required=True,
+        metavar="ADDR",
+        help="the driver's address, e.g. tcp://10.0.0.5:7077",
+    )
+    ex.add_argument(
+        "--cores",
+        type=int,
+        default=1,
+        metavar="C",
+        help="tasks run at once (worker threads); default 1",
+    )
+    ex.add_argument(
+        "--bind",
+        metavar="ADDR",
+        help="address to listen on for peers, e.g. tcp://10.0.0.6:0 (port 0: any); "
+        "default: tcp://127.0.0.1:0 for a loopback driver",
+    )
+    ex.add_argument(
+        "--parent-pid",
+        type=int,
+        metavar="PID",
+        help="exit when this process exits (used by local-cluster)",
+    )
+    ex.add_argument(
+        "--max-task-attempts",
+        type=int,
+        default=4,
+        metavar="N",
+        help="attempts of a task whose user code raises; default 4",
+    )
+    ex.add_argument(
+        "--no-barrier",
+        action="store_true",
+        help="let micro-batch b+1 start before micro-batch b's tasks here finish",
+    )
+    ex.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback address without authentication",
+    )
     ex.add_argument("--log-level", default="WARNING", help="logging level; default WARNING")
     return parser
 
@@ -114,8 +141,9 @@ async def _watch_parent(pid: int, actor: ExecutorActor) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     if args.role == "executor":
         return run(run_executor(args))
     return 2  # pragma: no cover - argparse rejects unknown roles

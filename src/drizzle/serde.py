@@ -9,15 +9,42 @@ that came through the node's transport from a peer the transport accepted.
 from __future__ import annotations
 
 import hashlib
+import io
 import pickle
+import threading
 from typing import Any
 
 import cloudpickle
 
 
+class _ReusedPickler(threading.local):
+    """One cloudpickle Pickler per thread: building one costs more than most dumps."""
+
+    def __init__(self) -> None:
+        self.buffer = io.BytesIO()
+        self.pickler = cloudpickle.Pickler(self.buffer, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+_local = _ReusedPickler()
+
+
 def dumps(obj: Any) -> bytes:
     """Pickle user functions or data (by value for code defined in ``__main__``)."""
-    return cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)  # type: ignore[no-any-return]
+    state = _local
+    buffer = state.buffer
+    buffer.seek(0)
+    buffer.truncate()
+    pickler = state.pickler
+    pickler.clear_memo()
+    refs = getattr(pickler, "globals_ref", None)
+    if refs:
+        refs.clear()
+    try:
+        pickler.dump(obj)
+    except BaseException:
+        state.__init__()  # type: ignore[misc]  # a failed dump may leave the pickler dirty
+        raise
+    return buffer.getvalue()
 
 
 def dumps_data(obj: Any) -> bytes:

@@ -32,8 +32,9 @@ class DagSchedulerActor(Actor):
             try:
                 plan = self.state.plan_group(message.group_id, message.requests)
             except Exception as exc:
-                self.node.post(self.node.address, "driver",
-                               GroupNotLaunched(message.group_id, exc), self.name)
+                self.node.post(
+                    self.node.address, "driver", GroupNotLaunched(message.group_id, exc), self.name
+                )
                 return
             self.node.post(self.node.address, "group", PlaceGroup(plan), self.name)
         elif isinstance(message, GroupPlaced):

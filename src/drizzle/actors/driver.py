@@ -79,8 +79,8 @@ class DriverActor(Actor):
         self.node.post(self.node.address, "dag", PlanGroup(group_id, requests), self.name)
         return run
 
-    async def wait_executors(self, count: int, timeout: float) -> None:
-        async with asyncio.timeout(timeout):
+    async def wait_executors(self, count: int, within: float) -> None:
+        async with asyncio.timeout(within):
             while len(self.executors) < count:
                 self._membership.clear()
                 await self._membership.wait()
@@ -106,10 +106,13 @@ class DriverActor(Actor):
             self._membership.set()
             for run in list(self.groups.values()):
                 if message.executor_id in run.participants:
-                    self._fail(run, JobFailed(
-                        f"executor {message.executor_id} was lost: {message.reason}",
-                        executor=message.executor_id,
-                    ))
+                    self._fail(
+                        run,
+                        JobFailed(
+                            f"executor {message.executor_id} was lost: {message.reason}",
+                            executor=message.executor_id,
+                        ),
+                    )
         else:
             raise UnexpectedMessage(f"driver does not handle {type(message).__name__}")
 
@@ -135,9 +138,10 @@ class DriverActor(Actor):
     def _expire(self, group_id: int) -> None:
         run = self.groups.get(group_id)
         if run is not None:
-            self._fail(run, JobFailed(
-                f"group {group_id} did not complete within {self.group_timeout:.0f}s"
-            ))
+            self._fail(
+                run,
+                JobFailed(f"group {group_id} did not complete within {self.group_timeout:.0f}s"),
+            )
 
     def _on_result(self, peer: str, msg: TaskResult) -> None:
         run = self.groups.get(msg.group_id)
@@ -151,11 +155,16 @@ class DriverActor(Actor):
         try:
             slots[msg.partition] = serde.loads(msg.value)
         except Exception as exc:
-            self._fail(run, JobFailed(
-                f"result of micro-batch {msg.batch} partition {msg.partition} could not be "
-                f"unpickled on the driver: {exc!r}",
-                batch=msg.batch, partition=msg.partition, executor=peer,
-            ))
+            self._fail(
+                run,
+                JobFailed(
+                    f"result of micro-batch {msg.batch} partition {msg.partition} could not be "
+                    f"unpickled on the driver: {exc!r}",
+                    batch=msg.batch,
+                    partition=msg.partition,
+                    executor=peer,
+                ),
+            )
             return
         run.remaining[msg.batch] -= 1
         if run.remaining[msg.batch] == 0:
@@ -180,14 +189,22 @@ class DriverActor(Actor):
         run = self.groups.get(msg.group_id)
         if run is None or run.done:
             return
-        self._fail(run, JobFailed(
-            f"task of micro-batch {msg.batch} (stage {msg.stage_id}, partition {msg.partition}) "
-            f"failed on executor {msg.executor_id} after {msg.attempt} attempt(s): "
-            f"{msg.error_type}: {msg.error}",
-            batch=msg.batch, stage=msg.stage_id, partition=msg.partition,
-            executor=msg.executor_id, attempts=msg.attempt,
-            remote_traceback=msg.traceback, cause_type=msg.error_type,
-        ))
+        self._fail(
+            run,
+            JobFailed(
+                f"task of micro-batch {msg.batch} (stage {msg.stage_id}, "
+                f"partition {msg.partition}) "
+                f"failed on executor {msg.executor_id} after {msg.attempt} attempt(s): "
+                f"{msg.error_type}: {msg.error}",
+                batch=msg.batch,
+                stage=msg.stage_id,
+                partition=msg.partition,
+                executor=msg.executor_id,
+                attempts=msg.attempt,
+                remote_traceback=msg.traceback,
+                cause_type=msg.error_type,
+            ),
+        )
 
     def _fail(self, run: GroupRun, error: JobFailed) -> None:
         if run.done:

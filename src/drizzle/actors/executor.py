@@ -137,15 +137,15 @@ class ExecutorActor(Actor):
             name="heartbeat",
         )
 
-    async def _heartbeat(self, interval: float, timeout: float) -> None:
+    async def _heartbeat(self, interval: float, silence_limit: float) -> None:
         while not self.stopped.done():
             self._heartbeat_seq += 1
             self.node.post(
                 self.driver, "group", Heartbeat(self.executor_id, self._heartbeat_seq), self.name
             )
             await asyncio.sleep(interval)
-            if self.node.now() - self._last_ack > timeout:
-                self._stop(f"driver silent for more than {timeout:.1f}s")
+            if self.node.now() - self._last_ack > silence_limit:
+                self._stop(f"driver silent for more than {silence_limit:.1f}s")
 
     def _stop(self, reason: str) -> None:
         if not self.stopped.done():
@@ -224,7 +224,10 @@ class ExecutorActor(Actor):
             else:
                 blocks.append(data)
         self.node.post(
-            peer, sender, BlocksFetched(request.request_id, tuple(blocks), tuple(missing)), self.name
+            peer,
+            sender,
+            BlocksFetched(request.request_id, tuple(blocks), tuple(missing)),
+            self.name,
         )
 
     # ------------------------------------------------------------------ tasks

@@ -95,8 +95,12 @@ class GroupSchedulerActor(Actor):
         elif isinstance(message, GroupAborted):
             for executor in message.participants:
                 if executor in self.state.executors:
-                    self.node.post(executor, "executor",
-                                   CancelGroup(message.group_id, message.reason), self.name)
+                    self.node.post(
+                        executor,
+                        "executor",
+                        CancelGroup(message.group_id, message.reason),
+                        self.name,
+                    )
         else:
             raise UnexpectedMessage(f"group scheduler does not handle {type(message).__name__}")
 
@@ -125,11 +129,16 @@ class GroupSchedulerActor(Actor):
         try:
             placement = self.state.place(plan)
         except NoExecutors as exc:
-            self.node.post(self.node.address, "driver",
-                           GroupNotLaunched(plan.group_id, ClusterError(str(exc))), self.name)
+            self.node.post(
+                self.node.address,
+                "driver",
+                GroupNotLaunched(plan.group_id, ClusterError(str(exc))),
+                self.name,
+            )
             return
-        self.node.post(self.node.address, "dag",
-                       GroupPlaced(plan.group_id, placement.produced), self.name)
+        self.node.post(
+            self.node.address, "dag", GroupPlaced(plan.group_id, placement.produced), self.name
+        )
         self.node.post(
             self.node.address,
             "driver",

@@ -20,9 +20,7 @@ class MapOutputTrackerActor(Actor):
     def receive(self, peer: str, sender: str, message: Any) -> None:
         if isinstance(message, MapOutputReady):
             if message.executor_id != peer:
-                raise UnexpectedMessage(
-                    f"notice from {peer} claims executor {message.executor_id}"
-                )
+                raise UnexpectedMessage(f"notice from {peer} claims executor {message.executor_id}")
             self.state.record(message)
         elif isinstance(message, GroupCompleted):
             self.state.release(message.shuffle_ids)

@@ -151,16 +151,18 @@ class Node:
         except UnexpectedMessage as exc:
             self._reject(peer, str(exc))
         except Exception:
-            log.exception("actor %s failed on %s from %s", actor.name,
-                          type(envelope.message).__name__, peer)
+            log.exception(
+                "actor %s failed on %s from %s", actor.name, type(envelope.message).__name__, peer
+            )
 
     def _reject(self, peer: str, reason: str) -> None:
         self.rejected_messages += 1
         now = time.monotonic()
         if now - self._last_reject_log >= 1.0:
             self._last_reject_log = now
-            log.warning("rejected a message from %s: %s (%d so far)", peer, reason,
-                        self.rejected_messages)
+            log.warning(
+                "rejected a message from %s: %s (%d so far)", peer, reason, self.rejected_messages
+            )
 
     # ------------------------------------------------------------------------ closing
 

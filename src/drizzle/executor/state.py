@@ -169,8 +169,9 @@ class ExecutorState:
         elif isinstance(event, GroupLaunched):
             self._on_launch(event.launch, out)
         elif isinstance(event, BlockNoticed):
-            self._on_block(event.notice.dataset_id, event.notice.partition,
-                           event.notice.executor_id)
+            self._on_block(
+                event.notice.dataset_id, event.notice.partition, event.notice.executor_id
+            )
         elif isinstance(event, TaskErrored):
             self._on_error(event, out)
         elif isinstance(event, GroupCancelled):
@@ -346,7 +347,8 @@ class ExecutorState:
         spec = task.spec
         # Lower micro-batch first; within one, later (downstream) stages first.
         heapq.heappush(
-            self._runnable, (task.group_id, spec.batch, -spec.stage_id, spec.partition, spec.task_id)
+            self._runnable,
+            (task.group_id, spec.batch, -spec.stage_id, spec.partition, spec.task_id),
         )
 
     def _finish(self, task: _Task, *, ran: bool = True) -> None:
@@ -382,7 +384,9 @@ class ExecutorState:
     def _locations(
         self, spec: TaskSpec
     ) -> tuple[dict[int, dict[int, str]], dict[tuple[int, int], str]]:
-        maps = {inp.shuffle_id: dict(self.map_outputs[inp.shuffle_id]) for inp in spec.shuffle_inputs}
+        maps = {
+            inp.shuffle_id: dict(self.map_outputs[inp.shuffle_id]) for inp in spec.shuffle_inputs
+        }
         blocks = {
             (b.dataset_id, b.partition): self.blocks[(b.dataset_id, b.partition)]
             for b in spec.block_inputs

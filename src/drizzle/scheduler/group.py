@@ -77,7 +77,8 @@ class GroupSchedulerState:
     def expired(self, now: float) -> list[str]:
         """Executors whose heartbeats stopped; they are removed."""
         dead = [
-            e for e, info in self.executors.items()
+            e
+            for e, info in self.executors.items()
             if now - info.last_heartbeat > self.heartbeat_timeout
         ]
         for e in dead:
@@ -106,7 +107,8 @@ class GroupSchedulerState:
         for stage in reversed(first.stages):  # downstream first
             for partition, deps in enumerate(stage.tasks):
                 preferred = [
-                    plan.materialized[b] for b in deps.cache_reads
+                    plan.materialized[b]
+                    for b in deps.cache_reads
                     if plan.materialized.get(b) in self.executors
                 ]
                 if preferred:
@@ -162,8 +164,9 @@ class GroupSchedulerState:
                         ),
                         shuffle_output=shuffle_output,
                         block_outputs=tuple(
-                            BlockOutput(d, p, tuple(sorted(block_readers.get((d, p), set())
-                                                           - {executor})))
+                            BlockOutput(
+                                d, p, tuple(sorted(block_readers.get((d, p), set()) - {executor}))
+                            )
                             for d, p in deps.cache_writes
                         ),
                         is_result=stage.is_result,

@@ -32,18 +32,27 @@ class Envelope:
     message: Any
 
 
-def encode(envelope: Envelope) -> bytes:
-    """Serialise an envelope; raises ``ProtocolError`` for an unregistered message."""
+def encode(envelope: Envelope, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
+    """Serialise an envelope.
+
+    Raises ``ProtocolError`` for an unregistered message, a value msgpack cannot carry,
+    or a frame larger than ``max_frame`` (which the receiver would refuse).
+    """
     msg = envelope.message
     type_id = TYPE_IDS.get(type(msg))
     if type_id is None:
         raise ProtocolError(f"{type(msg).__name__} is not a registered message")
     try:
-        return msgpack.packb(
+        frame: bytes = msgpack.packb(
             [type_id, envelope.target, envelope.sender, to_wire(msg)], use_bin_type=True
         )
     except (TypeError, ValueError, OverflowError) as exc:
         raise ProtocolError(f"cannot encode {type(msg).__name__}: {exc}") from exc
+    if len(frame) > max_frame:
+        raise ProtocolError(
+            f"{type(msg).__name__} of {len(frame)} bytes exceeds the frame limit of {max_frame}"
+        )
+    return frame
 
 
 def decode(frame: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> Envelope:

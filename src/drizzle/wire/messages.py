@@ -20,7 +20,7 @@ PROTOCOL_VERSION = 1
 @record
 @dataclass(frozen=True, slots=True)
 class ShuffleInput:
-    """A task reads reduce partition ``partition`` of ``shuffle_id``, written by ``num_maps`` maps."""
+    """A task reads reduce partition ``partition`` of ``shuffle_id`` (``num_maps`` map outputs)."""
 
     shuffle_id: int
     num_maps: int

@@ -31,6 +31,7 @@ def record(cls: type[T]) -> type[T]:
     """Register a frozen dataclass that may appear as a field of a message."""
     _check_frozen(cls)
     _RECORDS.add(cls)
+    field_decoders(cls)
     return cls
 
 
@@ -44,6 +45,9 @@ def message(type_id: int) -> Callable[[type[T]], type[T]]:
                 f"type id {type_id} of {cls.__name__} already used by "
                 f"{MESSAGE_TYPES[type_id].__name__}"
             )
+        if cls in TYPE_IDS:
+            raise TypeError(f"{cls.__name__} is already registered as {TYPE_IDS[cls]}")
+        field_decoders(cls)
         MESSAGE_TYPES[type_id] = cls
         TYPE_IDS[cls] = type_id
         return cls
