@@ -189,13 +189,19 @@ class DriverActor(Actor):
         run = self.groups.get(msg.group_id)
         if run is None or run.done:
             return
+        hint = ""
+        if msg.error_type in ("ModuleNotFoundError", "ImportError"):
+            hint = (
+                " (executors import the modules that define the job's functions: put them "
+                "on the executors' PYTHONPATH, or define the functions in __main__)"
+            )
         self._fail(
             run,
             JobFailed(
                 f"task of micro-batch {msg.batch} (stage {msg.stage_id}, "
                 f"partition {msg.partition}) "
                 f"failed on executor {msg.executor_id} after {msg.attempt} attempt(s): "
-                f"{msg.error_type}: {msg.error}",
+                f"{msg.error_type}: {msg.error}{hint}",
                 batch=msg.batch,
                 stage=msg.stage_id,
                 partition=msg.partition,
