@@ -64,8 +64,9 @@ def alive(pid: int) -> bool:
 
 async def wait_until(condition, within: float, what: str) -> None:
     async with asyncio.timeout(within):
-        while not condition():
-            await asyncio.sleep(0.05)  # polling a process table, not synchronising actors
+        # Orphans are not our children: nothing to wait on but the process table.
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
     assert condition(), what
 
 
@@ -91,7 +92,8 @@ async def test_user_error_carries_remote_traceback_across_processes() -> None:
     err = info.value
     assert err.partition == 1
     assert err.attempts == 2
-    assert err.executor and err.executor.startswith("tcp://127.0.0.1:")
+    assert err.executor
+    assert err.executor.startswith("tcp://127.0.0.1:")
     assert "seven is forbidden" in err.remote_traceback
     assert "ZeroDivisionError" in str(err)
 
@@ -122,14 +124,15 @@ DRIVER_SCRIPT = textwrap.dedent(
 
 async def test_executors_exit_when_the_driver_process_is_killed() -> None:
     async with asyncio.timeout(60):
-        driver = subprocess.Popen(
+        driver = subprocess.Popen(  # noqa: ASYNC220 (its pipe is read in a thread)
             [sys.executable, "-c", DRIVER_SCRIPT], stdout=subprocess.PIPE, text=True, cwd=ROOT
         )
         try:
             assert driver.stdout is not None
             line = await asyncio.to_thread(driver.stdout.readline)
             pids = [int(p) for p in line.split()]
-            assert len(pids) == 2 and all(alive(p) for p in pids)
+            assert len(pids) == 2
+            assert all(alive(p) for p in pids)
             driver.send_signal(signal.SIGKILL)
             driver.wait()
             # Heartbeat timeout is 3 s; the parent watch notices sooner.
@@ -155,11 +158,22 @@ async def test_tcp_master_with_executors_started_by_hand() -> None:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         try:
             for _ in range(2):
-                procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "drizzle.node", "executor", "--driver", address,
-                     "--cores", "2"],
-                    cwd=ROOT, env=env,
-                ))
+                procs.append(
+                    subprocess.Popen(  # noqa: ASYNC220 (waited for in a thread)
+                        [
+                            sys.executable,
+                            "-m",
+                            "drizzle.node",
+                            "executor",
+                            "--driver",
+                            address,
+                            "--cores",
+                            "2",
+                        ],
+                        cwd=ROOT,
+                        env=env,
+                    )
+                )
             await starting
             results = await ctx.run_jobs(running_sum(ctx, 6), group_size=3)
             assert results == expected_sums(6)
@@ -180,17 +194,28 @@ def test_node_help_documents_every_role_and_option() -> None:
     assert "executor" in out
     sub = subprocess.run(
         [sys.executable, "-m", "drizzle.node", "executor", "--help"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
-    for option in ("--driver", "--cores", "--bind", "--parent-pid", "--max-task-attempts",
-                   "--no-barrier", "--insecure"):
+    for option in (
+        "--driver",
+        "--cores",
+        "--bind",
+        "--parent-pid",
+        "--max-task-attempts",
+        "--no-barrier",
+        "--insecure",
+    ):
         assert option in sub
 
 
 def test_executor_refuses_a_non_loopback_driver_without_bind() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "drizzle.node", "executor", "--driver", "tcp://10.1.2.3:7077"],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert proc.returncode == 2
     assert "--bind" in proc.stderr

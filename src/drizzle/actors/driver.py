@@ -57,6 +57,7 @@ _MISSING = object()
 
 class DriverActor(Actor):
     name = "driver"
+    handles = (TaskResult, TaskFailed)
 
     def __init__(self, node: Node, *, group_timeout: float = 600.0) -> None:
         super().__init__(node)

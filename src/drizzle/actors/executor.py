@@ -68,6 +68,20 @@ class FetchFailed(DrizzleError):
 
 class ExecutorActor(Actor):
     name = "executor"
+    handles = (
+        MapOutputReady,
+        FetchBlocks,
+        BlocksFetched,
+        LaunchGroup,
+        BlockReady,
+        HeartbeatAck,
+        CancelGroup,
+        ReleaseBlocks,
+        ExecutorRegistered,
+        RegistrationRefused,
+        StopExecutor,
+        ErrorReply,
+    )
 
     def __init__(
         self,

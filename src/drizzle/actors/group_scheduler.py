@@ -58,6 +58,7 @@ def version_mismatch(msg: RegisterExecutor) -> str:
 
 class GroupSchedulerActor(Actor):
     name = "group"
+    handles = (Heartbeat, RegisterExecutor)
 
     def __init__(
         self, node: Node, *, heartbeat_interval: float = 0.5, heartbeat_timeout: float = 3.0

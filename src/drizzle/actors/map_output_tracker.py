@@ -12,6 +12,7 @@ from drizzle.wire.messages import MapOutputReady
 
 class MapOutputTrackerActor(Actor):
     name = "tracker"
+    handles = (MapOutputReady,)
 
     def __init__(self, node: Node) -> None:
         super().__init__(node)

@@ -28,6 +28,8 @@ class Actor:
     """Base of every actor shell."""
 
     name: str = "actor"
+    handles: tuple[type[Any], ...] = ()
+    """Wire messages this actor accepts from peers (checked by the test suite)."""
 
     def __init__(self, node: Node) -> None:
         self.node = node
