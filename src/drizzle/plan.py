@@ -79,6 +79,13 @@ class BatchPlan:
         return tuple((s.is_result, s.num_partitions, s.parent_positions) for s in self.stages)
 
 
+MAX_UNCACHED_DEPTH = 200
+_TOO_DEEP = (
+    f"lineage deeper than {MAX_UNCACHED_DEPTH} uncached steps in one stage; "
+    "cache() an intermediate dataset"
+)
+
+
 class PlanError(Exception):
     """A dataset graph that cannot be planned (for example, too deep without a cache)."""
 
@@ -112,8 +119,9 @@ class _BatchPlanner:
         self.payloads = payloads
         self.blobs = blobs
         self.stages: list[StagePlan] = []
-        self.map_stage_of: dict[int, tuple[int, int]] = {}
-        """Dataset id of a shuffle's parent → (stage position, shuffle id), per micro-batch."""
+        self.map_stage_of: dict[tuple[int, int, int], tuple[int, int]] = {}
+        """(parent dataset id, reducers, combiner id) → (stage position, shuffle id):
+        a self-join shares one map stage; different shuffles of one parent do not."""
         self.depth = 0
 
     def result_stage(self, ds: Dataset, fn: Callable[[Iterator[Any]], Any]) -> None:
@@ -122,7 +130,8 @@ class _BatchPlanner:
         self._add_stage(StagePipeline(root, ResultSink(fn)), ds.num_partitions, None, 0, parents)
 
     def _map_stage(self, ds: Dataset, num_reducers: int, combiner: Any) -> tuple[int, int]:
-        known = self.map_stage_of.get(ds.id)
+        memo = (ds.id, num_reducers, id(combiner))
+        known = self.map_stage_of.get(memo)
         if known is not None:
             return known
         parents: list[int] = []
@@ -132,7 +141,7 @@ class _BatchPlanner:
         position = self._add_stage(
             StagePipeline(root, sink), ds.num_partitions, shuffle_id, num_reducers, parents
         )
-        self.map_stage_of[ds.id] = (position, shuffle_id)
+        self.map_stage_of[memo] = (position, shuffle_id)
         return position, shuffle_id
 
     def _add_stage(
@@ -143,7 +152,10 @@ class _BatchPlanner:
         num_reducers: int,
         parents: list[int],
     ) -> int:
-        data = serde.dumps(pipeline)
+        try:
+            data = serde.dumps(pipeline)
+        except RecursionError:
+            raise PlanError(_TOO_DEEP) from None
         digest = serde.digest(data)
         self.payloads.setdefault(digest, data)
         position = len(self.stages)
@@ -170,11 +182,8 @@ class _BatchPlanner:
         if self._is_boundary(ds):
             return CacheRead(ds.id)
         self.depth += 1
-        if self.depth > 500:
-            raise PlanError(
-                f"lineage of dataset {ds.id} is deeper than 500 uncached steps; "
-                "cache() an intermediate dataset"
-            )
+        if self.depth > MAX_UNCACHED_DEPTH:
+            raise PlanError(f"dataset {ds.id}: {_TOO_DEEP}")
         try:
             node = self._build(ds, parents)
         finally:

@@ -121,11 +121,22 @@ def result_of(s: TaskSpec, value: bytes, group_id: int = 0, executor: str = ME) 
     )
 
 
-def reducer(task_id: int, shuffle_id: int, num_maps: int, **kw: object) -> TaskSpec:
+def reducer(
+    task_id: int,
+    shuffle_id: int,
+    num_maps: int,
+    *,
+    batch: int = 0,
+    stage: int = 1,
+    partition: int = 0,
+) -> TaskSpec:
+    """A result task reading reduce partition ``partition`` of one shuffle."""
     return spec(
         task_id,
-        shuffle_inputs=(ShuffleInput(shuffle_id, num_maps, kw.pop("partition", 0)),),  # type: ignore[arg-type]
-        **kw,  # type: ignore[arg-type]
+        batch=batch,
+        stage=stage,
+        partition=partition,
+        shuffle_inputs=(ShuffleInput(shuffle_id, num_maps, partition),),
     )
 
 
@@ -216,7 +227,8 @@ def test_notice_of_another_shuffle_does_not_count() -> None:
 def test_result_task_reports_once_and_only_after_success() -> None:
     state = ExecutorState(ME, cores=1)
     r = reducer(10, shuffle_id=7, num_maps=1, stage=1, batch=3, partition=2)
-    assert r.is_result and r.shuffle_output is None
+    assert r.is_result
+    assert r.shuffle_output is None
     assert state.handle(launch(5, r)) == []
     assert state.handle(notice(7, 0, group_id=5)) == [start(r, 5, maps={7: {0: "e0"}})]
     assert state.handle(notice(7, 0, group_id=5)) == []  # nothing for the driver yet
@@ -247,9 +259,7 @@ def test_finished_map_notifies_each_remote_reducer_executor_and_the_tracker() ->
     )
     assert not any(isinstance(c, SendToPeer) and c.peer == ME for c in out)
     # The notice to itself is applied locally: its reducer (needing 1 map) starts.
-    assert [c for c in out if isinstance(c, StartTask)] == [
-        start(local_reducer, maps={5: {4: ME}})
-    ]
+    assert [c for c in out if isinstance(c, StartTask)] == [start(local_reducer, maps={5: {4: ME}})]
     assert state.map_outputs[5] == {4: ME}
     assert state.stats.notices_sent == 3
 
@@ -266,11 +276,6 @@ def test_finished_map_not_reading_itself_sends_to_peers_and_tracker_only() -> No
     assert not any(isinstance(c, SendToDriver) and c.target == "driver" for c in out)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="state.py _on_success sends one SendToPeer per entry of shuffle_output.notify, "
-    "not per distinct executor (a duplicated entry is notified twice)",
-)
 def test_duplicated_notify_entries_give_one_notice_per_distinct_executor() -> None:
     state = ExecutorState(ME, cores=1)
     m = spec(1, shuffle_output=ShuffleOutput(5, 2, ("e0", "e0", ME, ME)))
@@ -362,11 +367,6 @@ def test_barrier_is_per_group() -> None:
     assert state.handle(launch(1, t)) == [start(t, group_id=1)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="state.py _schedule returns as soon as the heap head is held by the barrier, so a "
-    "runnable task of a later group that the barrier allows is not started (head-of-line)",
-)
 def test_barrier_of_one_group_does_not_hold_another_groups_tasks() -> None:
     state = ExecutorState(ME, cores=2, barrier=True)
     r0 = reducer(1, shuffle_id=0, num_maps=1, batch=0, stage=1)
@@ -402,12 +402,6 @@ def test_waiting_tasks_hold_no_slot() -> None:
     assert state.handle(launch(0, *waiting, free)) == [start(free)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="state.py _on_error decrements _running (line 300) and then _finish decrements it "
-    "again (line 354, the task is still 'running'): after a final failure one extra slot "
-    "appears, so more than `cores` tasks run",
-)
 def test_final_failure_frees_exactly_one_slot() -> None:
     state = ExecutorState(ME, cores=1, barrier=False, max_task_attempts=1)
     tasks = [spec(i, partition=i) for i in range(3)]
@@ -431,9 +425,7 @@ def test_retry_then_failure_after_max_attempts() -> None:
         assert out == [start(retried, 4, maps={7: {0: "e0"}})]
     out = state.handle(TaskErrored(10, "ValueError", "boom", "tb"))
     assert out == [
-        SendToDriver(
-            "driver", TaskFailed(4, 2, 1, 1, 10, 3, ME, "ValueError", "boom", "tb")
-        )
+        SendToDriver("driver", TaskFailed(4, 2, 1, 1, 10, 3, ME, "ValueError", "boom", "tb"))
     ]
     assert state.stats.retries == 2
     assert state.stats.tasks_failed == 1
@@ -488,14 +480,15 @@ def test_cancelled_group_drops_runnable_tasks_not_started() -> None:
     assert state.unfinished_tasks() == 0
 
 
-def test_cancel_releases_the_barrier_for_later_groups_only() -> None:
+def test_cancel_drops_tasks_held_by_the_barrier() -> None:
     state = ExecutorState(ME, cores=1)
     r0 = reducer(1, shuffle_id=0, num_maps=1, batch=0, stage=1)
     m1 = spec(2, batch=1, stage=2)
     assert state.handle(launch(0, r0, m1)) == []
-    assert state.handle(GroupCancelled(0)) == []  # m1 is dropped too, not released
-    t = spec(3, batch=0)
-    assert state.handle(launch(1, t)) == [start(t, 1)]
+    assert state.handle(GroupCancelled(0)) == []
+    assert state.handle(notice(0, 0)) == []
+    assert state.stats.tasks_started == 0
+    assert state.unfinished_tasks() == 0
 
 
 # ------------------------------------------------------------------ (k) cached blocks
@@ -540,7 +533,9 @@ def test_block_written_by_a_local_task_wakes_its_reader() -> None:
 
 def test_block_reader_and_shuffle_reader_needs_both() -> None:
     state = ExecutorState(ME, cores=1)
-    t = spec(1, stage=1, shuffle_inputs=(ShuffleInput(7, 1, 0),), block_inputs=(BlockInput(9, 0, ""),))
+    t = spec(
+        1, stage=1, shuffle_inputs=(ShuffleInput(7, 1, 0),), block_inputs=(BlockInput(9, 0, ""),)
+    )
     assert state.handle(launch(0, t)) == []
     assert state.handle(block_notice(9, 0, "e3")) == []
     assert state.handle(notice(7, 0)) == [start(t, maps={7: {0: "e0"}}, blocks={(9, 0): "e3"})]
@@ -563,6 +558,4 @@ def test_duplicated_launch_does_not_register_tasks_twice() -> None:
     t = spec(1)
     assert state.handle(launch(0, t)) == [start(t)]
     assert state.handle(launch(0, t)) == []
-    assert state.handle(TaskSucceeded(1, value=b"")) == [
-        SendToDriver("driver", result_of(t, b""))
-    ]
+    assert state.handle(TaskSucceeded(1, value=b"")) == [SendToDriver("driver", result_of(t, b""))]

@@ -259,7 +259,7 @@ class ExecutorState:
         for block in spec.block_outputs:
             self._on_block(block.dataset_id, block.partition, self.executor_id)
             notice = BlockReady(task.group_id, block.dataset_id, block.partition, self.executor_id)
-            for peer in block.notify:
+            for peer in dict.fromkeys(block.notify):
                 if peer != self.executor_id:
                     out.append(SendToPeer(peer, notice))
         if spec.shuffle_output is not None:
@@ -270,7 +270,7 @@ class ExecutorState:
                 self.executor_id,
                 event.sizes,
             )
-            for peer in spec.shuffle_output.notify:
+            for peer in dict.fromkeys(spec.shuffle_output.notify):
                 self.stats.notices_sent += 1
                 if peer == self.executor_id:
                     self._on_map_output(notice_m, out)
@@ -298,9 +298,9 @@ class ExecutorState:
         task = self.tasks.get(event.task_id)
         if task is None or task.state != "running":
             return
-        self._running -= 1
         spec = task.spec
         if event.retryable and spec.attempt + 1 < self.max_task_attempts:
+            self._running -= 1
             self.stats.retries += 1
             task.spec = _next_attempt(spec)
             self._make_runnable(task)
@@ -365,21 +365,30 @@ class ExecutorState:
         return min(batches) if batches else None
 
     def _schedule(self, out: list[Command]) -> None:
+        held: list[tuple[int, int, int, int, int]] = []
+        held_groups: set[int] = set()
         while self._runnable and self._running < self.cores:
-            group_id, batch, _, _, task_id = self._runnable[0]
+            entry = heapq.heappop(self._runnable)
+            group_id, batch, _, _, task_id = entry
             task = self.tasks.get(task_id)
             if task is None or task.state != "runnable":
-                heapq.heappop(self._runnable)
+                continue
+            if group_id in held_groups:
+                held.append(entry)
                 continue
             if self.barrier:
                 earliest = self._earliest_unfinished(group_id)
                 if earliest is not None and earliest < batch:
-                    return
-            heapq.heappop(self._runnable)
+                    # Every later task of this group is held too; other groups may run.
+                    held.append(entry)
+                    held_groups.add(group_id)
+                    continue
             task.state = "running"
             self._running += 1
             self.stats.tasks_started += 1
             out.append(StartTask(group_id, task.spec, *self._locations(task.spec)))
+        for entry in held:
+            heapq.heappush(self._runnable, entry)
 
     def _locations(
         self, spec: TaskSpec

@@ -73,13 +73,66 @@ def field_decoders(cls: type[Any]) -> tuple[tuple[str, ...], tuple[Converter, ..
     return compiled
 
 
+_ENCODERS: dict[type[Any], Converter] = {}
+
+
 def to_wire(value: Any) -> Any:
     """Turn a message or record into plain lists, recursively."""
-    if type(value) in _RECORDS or type(value) in TYPE_IDS:
-        return [to_wire(getattr(value, f.name)) for f in dataclasses.fields(value)]
+    encoder = _ENCODERS.get(type(value))
+    if encoder is None:
+        if type(value) not in _RECORDS and type(value) not in TYPE_IDS:
+            return _generic_to_wire(value)
+        encoder = _ENCODERS[type(value)] = _compile_encoder(type(value))
+    return encoder(value)
+
+
+def _generic_to_wire(value: Any) -> Any:
     if isinstance(value, tuple):
         return [to_wire(v) for v in value]
     return value
+
+
+def _compile_encoder(cls: type[Any]) -> Converter:
+    """An encoder for one record or message class: scalars pass through untouched."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    plain = {int, str, bytes, float, bool, type(None)}
+
+    def is_plain(tp: Any) -> bool:
+        tp = getattr(tp, "__supertype__", tp)
+        if tp in plain:
+            return True
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            return all(is_plain(a) for a in typing.get_args(tp))
+        return False
+
+    def is_plain_tuple(tp: Any) -> bool:
+        args = typing.get_args(tp)
+        return (
+            typing.get_origin(tp) is tuple
+            and len(args) == 2
+            and args[1] is Ellipsis
+            and is_plain(args[0])
+        )
+
+    kinds = [
+        0 if is_plain(hints[n]) else 1 if is_plain_tuple(hints[n]) else 2 for n in names
+    ]
+    spec = list(zip(names, kinds, strict=True))
+
+    def encode(value: Any) -> list[Any]:
+        out = []
+        for name, kind in spec:
+            v = getattr(value, name)
+            if kind == 0:
+                out.append(v)
+            elif kind == 1:
+                out.append(list(v))
+            else:
+                out.append(to_wire(v))
+        return out
+
+    return encode
 
 
 def from_wire(cls: type[T], fields: Any) -> T:
