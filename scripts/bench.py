@@ -15,6 +15,7 @@ over the measured groups, after warm-up.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import operator
 import statistics
 import time
@@ -72,21 +73,57 @@ async def measure(ctx: Context, workload: str, group: int, iters: int, warmup: i
     return per_batch
 
 
+DRIVER_PARTS = ("plan", "place", "results")
+EXECUTOR_PARTS = ("queue_wait", "deserialize", "compute", "fetch", "notify")
+
+
+async def counters(ctx: Context) -> dict[str, float]:
+    """Driver-side seconds so far, and executor-side seconds summed over executors.
+
+    Executors report with their heartbeats; wait for two so every executor has spoken.
+    """
+    cluster = ctx.cluster
+    assert cluster.dag
+    assert cluster.group
+    assert cluster.driver
+    await asyncio.sleep(2.2 * ctx.options.heartbeat_interval)
+    out = {
+        "plan": cluster.dag.plan_s,
+        "place": cluster.group.place_s,
+        "results": cluster.driver.results_s,
+    }
+    reports = list(cluster.group.counters.values())
+    for part in EXECUTOR_PARTS:
+        out[part] = sum(getattr(r, f"{part}_s") for r in reports)
+    return out
+
+
 async def main(args: argparse.Namespace) -> None:
     async with Context(args.master) as ctx:
         print(f"master={args.master} iters={args.iters}")
-        print(f"{'workload':8} {'G':>5} {'median ms':>10} {'p95 ms':>8} {'groups':>7}")
+        header = f"{'workload':8} {'G':>5} {'median ms':>10} {'p95 ms':>8} {'groups':>7}"
+        if args.breakdown:
+            header += " | per micro-batch ms: driver " + "/".join(DRIVER_PARTS)
+            header += "; executors (summed) " + "/".join(EXECUTOR_PARTS)
+        print(header)
         for workload in args.workloads:
             for group in args.groups:
                 iters = max(args.iters, group * args.min_groups)
                 warmup = max(args.warmup, group)
+                before = await counters(ctx) if args.breakdown else {}
                 samples = await measure(ctx, workload, group, iters, warmup)
                 ms = [s * 1000 for s in samples]
-                print(
+                line = (
                     f"{workload:8} {group:>5} {statistics.median(ms):>10.3f} "
-                    f"{percentile(ms, 0.95):>8.3f} {len(ms):>7}",
-                    flush=True,
+                    f"{percentile(ms, 0.95):>8.3f} {len(ms):>7}"
                 )
+                if args.breakdown:
+                    after = await counters(ctx)
+                    n = iters + warmup + 1
+                    per = {k: (after[k] - before[k]) * 1000 / n for k in after}
+                    line += " | driver " + "/".join(f"{per[k]:.3f}" for k in DRIVER_PARTS)
+                    line += "; executors " + "/".join(f"{per[k]:.3f}" for k in EXECUTOR_PARTS)
+                print(line, flush=True)
 
 
 def parse_args() -> argparse.Namespace:
@@ -97,6 +134,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=100, help="measured micro-batches (default 100)")
     p.add_argument("--min-groups", type=int, default=5, help="measured groups at least")
     p.add_argument("--warmup", type=int, default=20)
+    p.add_argument(
+        "--no-breakdown",
+        dest="breakdown",
+        action="store_false",
+        help="skip the per-part time breakdown",
+    )
     return p.parse_args()
 
 

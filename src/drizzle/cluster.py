@@ -36,6 +36,7 @@ class ClusterOptions:
     heartbeat_timeout: float = 3.0
     barrier: bool = True
     max_task_attempts: int = 4
+    inline_block_limit: int = 64 * 1024
     group_timeout: float = 600.0
     start_timeout: float = 60.0
     check_codec: bool = False
@@ -109,6 +110,7 @@ class Cluster:
             self.master.cores,
             barrier=self.options.barrier,
             max_task_attempts=self.options.max_task_attempts,
+            inline_limit=self.options.inline_block_limit,
         )
         node.add(actor)
         await node.start()
@@ -134,6 +136,8 @@ class Cluster:
                 str(os.getpid()),
                 "--max-task-attempts",
                 str(self.options.max_task_attempts),
+                "--inline-limit",
+                str(self.options.inline_block_limit),
             ]
             if not self.options.barrier:
                 cmd.append("--no-barrier")

@@ -33,6 +33,9 @@ class Context:
         heartbeat_interval, heartbeat_timeout: executor liveness, in seconds.
         barrier: on an executor, start micro-batch b+1 only after micro-batch b's tasks.
         max_task_attempts: attempts of a task whose user code raises.
+        inline_block_limit: shuffle blocks up to this many bytes travel inside the
+            map-output notice to their reducer's executor instead of being fetched by
+            it afterwards (0: reducers always pull their blocks from the mappers).
         group_timeout: seconds a group may run before it fails.
         start_timeout: seconds to wait for the executors to register.
         insecure: allow a ``tcp://`` master on a non-loopback address without
@@ -48,6 +51,7 @@ class Context:
         heartbeat_timeout: float = 3.0,
         barrier: bool = True,
         max_task_attempts: int = 4,
+        inline_block_limit: int = 64 * 1024,
         group_timeout: float = 600.0,
         start_timeout: float = 60.0,
         insecure: bool = False,
@@ -63,6 +67,7 @@ class Context:
             heartbeat_timeout=heartbeat_timeout,
             barrier=barrier,
             max_task_attempts=max_task_attempts,
+            inline_block_limit=inline_block_limit,
             group_timeout=group_timeout,
             start_timeout=start_timeout,
             check_codec=check_codec,

@@ -140,7 +140,9 @@ async def test_map_partitions_and_with_index(ctx: Context) -> None:
         sums = src.map_partitions(lambda it: [sum(it)])
         assert await ctx.run_job(sums) == [[sum(s)] for s in slices(data, 5)]
         tagged = src.map_partitions_with_index(lambda i, it: ((i, x) for x in it))
-        assert await ctx.run_job(tagged) == [[(i, x) for x in s] for i, s in enumerate(slices(data, 5))]
+        assert await ctx.run_job(tagged) == [
+            [(i, x) for x in s] for i, s in enumerate(slices(data, 5))
+        ]
         # After a shuffle, the index is the reduce partition's.
         shuffled = src.key_by(lambda x: x % 4).partition_by(3)
         indexed = shuffled.map_partitions_with_index(lambda i, it: [(i, len(list(it)))])
@@ -332,7 +334,8 @@ async def test_cache_is_computed_once_and_reused(ctx: Context) -> None:
         _CALLS.clear()
         data = list(range(50))
         cached = ctx.parallelize(data, 4).map(_counted).cache()
-        assert cached.is_cached and calls() == 0  # lazy
+        assert cached.is_cached
+        assert calls() == 0
 
         first = await ctx.run_job(cached.reduce_by_key(operator.add, 3))
         assert calls() == len(data)
@@ -360,7 +363,9 @@ async def test_cache_within_one_group(ctx: Context) -> None:
     async with asyncio.timeout(WAIT):
         _CALLS.clear()
         cached = ctx.parallelize(range(20), 4).map(_counted).cache()
-        jobs = [cached.map_values(lambda v, i=i: v * i).reduce_by_key(operator.add, 2) for i in range(5)]
+        jobs = [
+            cached.map_values(lambda v, i=i: v * i).reduce_by_key(operator.add, 2) for i in range(5)
+        ]
         results = await ctx.run_jobs(jobs, group_size=5)
         assert calls() == 20
         base = reduce_ref([(x % 5, x) for x in range(20)], operator.add)
@@ -404,14 +409,19 @@ async def test_run_job_with_function(ctx: Context) -> None:
         assert await ctx.run_job(ds, lambda it: next(it, None)) == [s[0] for s in slices(data, 4)]
         # Per-dataset functions in run_jobs, results in order.
         results = await ctx.run_jobs([ds, ds.map(str)], [sum, "".join], group_size=2)
-        assert results == [[sum(s) for s in slices(data, 4)], ["".join(map(str, s)) for s in slices(data, 4)]]
+        assert results == [
+            [sum(s) for s in slices(data, 4)],
+            ["".join(map(str, s)) for s in slices(data, 4)],
+        ]
         assert await ctx.run_jobs([]) == []
 
 
 async def test_results_of_many_jobs_in_groups(ctx: Context) -> None:
     async with asyncio.timeout(WAIT):
         src = ctx.parallelize(range(30), 3)
-        jobs = [src.map(lambda x, i=i: (x % 3, x * i)).reduce_by_key(operator.add, 2) for i in range(9)]
+        jobs = [
+            src.map(lambda x, i=i: (x % 3, x * i)).reduce_by_key(operator.add, 2) for i in range(9)
+        ]
         for g in (1, 4, 9, 20):
             results = await ctx.run_jobs(jobs, group_size=g)
             assert len(results) == 9
@@ -473,21 +483,11 @@ def test_portable_hash_of_none_is_the_same_in_every_process() -> None:
 
 # ------------------------------------------------------------- one parent, two shuffles
 
-_xfail_shared_map_stage = pytest.mark.xfail(
-    strict=True,
-    reason="plan._BatchPlanner._map_stage reuses a map stage keyed by the parent dataset "
-    "id alone, ignoring the reducer count and the map-side combiner of the new shuffle",
-)
 
-
-
-@_xfail_shared_map_stage
 async def test_reduce_by_key_and_group_by_key_of_one_parent_in_one_job(ctx: Context) -> None:
-    """Two different shuffles of the same parent dataset in one micro-batch.
-
-    The planner caches map stages by the parent's dataset id only, so the second
-    shuffle reuses the first one's map stage (its reducer count and map-side combiner).
-    """
+    """Two different shuffles of the same parent dataset in one micro-batch: each keeps
+    its own reducer count and map-side combiner (regression: the planner once shared one
+    map stage per parent dataset)."""
     async with asyncio.timeout(WAIT):
         data = [(i % 2, i) for i in range(8)]
         parent = ctx.parallelize(data, 2)
@@ -498,9 +498,13 @@ async def test_reduce_by_key_and_group_by_key_of_one_parent_in_one_job(ctx: Cont
         both = await sums.union(groups).collect()
         expected = list(reduce_ref(data, operator.add).items()) + alone
         assert sorted(both, key=repr) == sorted(expected, key=repr)
+        # Same reducer count, another merge function.
+        maxima = parent.reduce_by_key(max, 2)
+        assert sorted(await sums.union(maxima).collect()) == sorted(
+            [*reduce_ref(data, operator.add).items(), *reduce_ref(data, max).items()]
+        )
 
 
-@_xfail_shared_map_stage
 async def test_join_of_two_shuffles_of_one_parent(ctx: Context) -> None:
     async with asyncio.timeout(WAIT):
         data = [(i % 3, i) for i in range(12)]

@@ -84,7 +84,8 @@ def spec_of(post_log: PostLog, error: JobFailed) -> tuple[str, TaskSpec]:
         for p in post_log.of("LaunchGroup")
         if isinstance(p.message, LaunchGroup)
         for spec in p.message.tasks
-        if (spec.batch, spec.stage_id, spec.partition) == (error.batch, error.stage, error.partition)
+        if (spec.batch, spec.stage_id, spec.partition)
+        == (error.batch, error.stage, error.partition)
     ]
     assert len(found) == 1, found
     return found[0]
@@ -104,8 +105,9 @@ async def test_map_task_exception_names_where_it_happened(
         ctx = await make_context("local[4]", max_task_attempts=2)
         src = ctx.parallelize(range(40), 4)
         jobs = [
-            src.map_partitions_with_index(ExplodeInMap(i, bad=2 if i == 3 else -1))
-            .reduce_by_key(operator.add, 4)
+            src.map_partitions_with_index(ExplodeInMap(i, bad=2 if i == 3 else -1)).reduce_by_key(
+                operator.add, 4
+            )
             for i in range(5)
         ]
         with pytest.raises(JobFailed) as info:
@@ -119,14 +121,22 @@ async def test_map_task_exception_names_where_it_happened(
         assert spec.shuffle_output is not None, "the failing task is the map task"
         # The message says all of it; the traceback shows the user's code and error.
         text = str(error)
-        for part in ("micro-batch 3", f"stage {error.stage}", "partition 2", error.executor,
-                     "2 attempt(s)", "ValueError", "boom in map partition 2 of batch 3"):
+        for part in (
+            "micro-batch 3",
+            f"stage {error.stage}",
+            "partition 2",
+            error.executor,
+            "2 attempt(s)",
+            "ValueError",
+            "boom in map partition 2 of batch 3",
+        ):
             assert part in text, (part, text)
         tb = error.remote_traceback
         assert "Traceback (most recent call last)" in tb
         assert 'raise ValueError(f"boom in map partition {index} of batch {self.batch}")' in tb
         assert "ValueError: boom in map partition 2 of batch 3" in tb
-        assert "test_errors.py" in tb and "in __call__" in tb
+        assert "test_errors.py" in tb
+        assert "in __call__" in tb
         assert calls("map", 3, 2) == 2  # exactly max_task_attempts attempts
 
 
@@ -140,11 +150,16 @@ async def test_result_task_exception_names_the_reducer(
             await ctx.run_job(ds, explode_in_result)
         error = info.value
         executor, spec = spec_of(post_log, error)
-        assert spec.is_result and spec.shuffle_output is None
-        assert error.batch == 0 and error.attempts == 1 and executor == error.executor
+        assert spec.is_result
+        assert spec.shuffle_output is None
+        assert error.batch == 0
+        assert error.attempts == 1
+        assert executor == error.executor
         assert error.cause_type == "KeyError"
         assert "the reducer holding key 1 refuses to work" in error.remote_traceback
-        assert 'raise KeyError("the reducer holding key 1 refuses to work")' in error.remote_traceback
+        assert (
+            'raise KeyError("the reducer holding key 1 refuses to work")' in error.remote_traceback
+        )
         assert calls("result", 0, 0) == 1
 
 
@@ -155,7 +170,8 @@ async def test_default_attempts_is_four(ctx: Context) -> None:
             await ds.collect()
         assert info.value.attempts == 4
         assert calls("map", 0, 1) == 4
-        assert info.value.partition == 1 and info.value.batch == 0
+        assert info.value.partition == 1
+        assert info.value.batch == 0
 
 
 async def test_task_failing_only_on_first_attempt_succeeds(make_context: MakeContext) -> None:
@@ -191,8 +207,9 @@ async def test_failed_group_returns_no_partial_results(ctx: Context) -> None:
     async with asyncio.timeout(WAIT):
         src = ctx.parallelize(range(16), 4)
         jobs = [
-            src.map_partitions_with_index(ExplodeInMap(i, bad=0 if i == 4 else -1))
-            .reduce_by_key(operator.add, 2)
+            src.map_partitions_with_index(ExplodeInMap(i, bad=0 if i == 4 else -1)).reduce_by_key(
+                operator.add, 2
+            )
             for i in range(5)
         ]
         with pytest.raises(JobFailed) as info:
@@ -208,20 +225,25 @@ async def test_iter_jobs_stops_at_the_failed_group(ctx: Context) -> None:
     async with asyncio.timeout(WAIT):
         src = ctx.parallelize(range(12), 3)
         jobs = [
-            src.map_partitions_with_index(ExplodeInMap(i, bad=1 if i == 3 else -1))
-            .reduce_by_key(operator.add, 2)
+            src.map_partitions_with_index(ExplodeInMap(i, bad=1 if i == 3 else -1)).reduce_by_key(
+                operator.add, 2
+            )
             for i in range(6)
         ]
         seen: list[int] = []
-        with pytest.raises(JobFailed) as info:
+        expected = sorted({k: sum(x for x in range(12) if x % 4 == k) for k in range(4)}.items())
+
+        async def consume() -> None:
             async for parts in ctx.iter_jobs(jobs, group_size=2):  # groups [0,1] [2,3] [4,5]
+                assert sorted(r for part in parts for r in part) == expected
                 seen.append(len(seen))
-                assert sorted(r for part in parts for r in part) == sorted(
-                    {k: sum(x for x in range(12) if x % 4 == k) for k in range(4)}.items()
-                )
+
+        with pytest.raises(JobFailed) as info:
+            await consume()
         assert info.value.batch == 3
         assert seen in ([0, 1], [0, 1, 2]), "nothing after the failed micro-batch is yielded"
-        assert ctx.cluster.driver is not None and not ctx.cluster.driver.groups
+        assert ctx.cluster.driver is not None
+        assert not ctx.cluster.driver.groups
 
 
 # ------------------------------------------------------------------------ bad arguments
@@ -229,8 +251,18 @@ async def test_iter_jobs_stops_at_the_failed_group(ctx: Context) -> None:
 
 @pytest.mark.parametrize(
     "master",
-    ["", "local[0]", "local[-1]", "local[x]", "local-cluster[0]", "local-cluster[2,0]",
-     "spark://host:7077", "tcp://host", "tcp://host:99999", "yarn"],
+    [
+        "",
+        "local[0]",
+        "local[-1]",
+        "local[x]",
+        "local-cluster[0]",
+        "local-cluster[2,0]",
+        "spark://host:7077",
+        "tcp://host",
+        "tcp://host:99999",
+        "yarn",
+    ],
 )
 def test_bad_master_url(master: str) -> None:
     with pytest.raises(ValueError, match="master"):
@@ -271,13 +303,21 @@ async def test_bad_num_partitions(ctx: Context, n: Any) -> None:
             kv.partition_by(n)
         with pytest.raises(ValueError, match="num_partitions"):
             kv.join(kv, n)
+        assert await kv.count() == 1
 
 
 async def test_non_callables_are_refused(ctx: Context, post_log: PostLog) -> None:
     async with asyncio.timeout(WAIT):
         ds = ctx.parallelize([(1, 2)], 1)
-        for transform in (ds.map, ds.filter, ds.flat_map, ds.map_partitions,
-                          ds.map_partitions_with_index, ds.key_by, ds.map_values):
+        for transform in (
+            ds.map,
+            ds.filter,
+            ds.flat_map,
+            ds.map_partitions,
+            ds.map_partitions_with_index,
+            ds.key_by,
+            ds.map_values,
+        ):
             with pytest.raises(TypeError, match="callable"):
                 transform(42)  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="callable"):

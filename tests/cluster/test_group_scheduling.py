@@ -107,7 +107,8 @@ async def test_one_launch_per_executor_per_group_and_pushed_notices(
             by_group[group_id].append((executor, spec))
         assert len(by_group) == groups
         notices = [
-            p for p in post_log.of("MapOutputReady")
+            p
+            for p in post_log.of("MapOutputReady")
             if p.peer != driver and isinstance(p.message, MapOutputReady)
         ]
         assert {(p.target, p.node in executors, p.peer in executors) for p in notices} <= {
@@ -122,7 +123,7 @@ async def test_one_launch_per_executor_per_group_and_pushed_notices(
                 for inp in s.shuffle_inputs:
                     reduce_executors[inp.shuffle_id].add(e)
             distinct_reducer_executors = min(reducers, len(executors))
-            for e, s in maps:
+            for _, s in maps:
                 assert s.shuffle_output is not None
                 assert set(s.shuffle_output.notify) == reduce_executors[s.shuffle_output.shuffle_id]
             # Every map task sends one notice to each distinct executor holding a reducer of
@@ -132,8 +133,7 @@ async def test_one_launch_per_executor_per_group_and_pushed_notices(
             # reducer for exactly min(R, M) of the M map partitions. Hence, per group:
             #   posted = G * M * (distinct reducer executors) - G * (co-located map tasks)
             colocated = sum(
-                1 for e, s in maps
-                if s.shuffle_output is not None and e in s.shuffle_output.notify
+                1 for e, s in maps if s.shuffle_output is not None and e in s.shuffle_output.notify
             )
             assert colocated == len(batches) * min(reducers, M)
             posted = [p for p in notices if p.message.group_id == group_id]
@@ -144,7 +144,8 @@ async def test_one_launch_per_executor_per_group_and_pushed_notices(
             total_notified += len(batches) * M * distinct_reducer_executors
             # ...and one notice per map task to the driver's tracker, which no one asks.
             tracked = [
-                p for p in post_log.of("MapOutputReady")
+                p
+                for p in post_log.of("MapOutputReady")
                 if p.peer == driver and p.message.group_id == group_id
             ]
             assert {p.target for p in tracked} == {"tracker"}
@@ -181,7 +182,8 @@ async def test_one_launch_per_executor_per_group_and_pushed_notices(
         }, kinds
         results_sent = [p for p in to_driver if p.kind == "TaskResult"]
         assert len(results_sent) == N * reducers  # one per result partition, no more
-        assert ctx.cluster.driver is not None and not ctx.cluster.driver.groups
+        assert ctx.cluster.driver is not None
+        assert not ctx.cluster.driver.groups
 
 
 # ------------------------------------------------------------------------ running sum
@@ -190,7 +192,8 @@ async def test_one_launch_per_executor_per_group_and_pushed_notices(
 def load_running_sum() -> ModuleType:
     path = Path(__file__).resolve().parents[2] / "examples" / "running_sum.py"
     spec = importlib.util.spec_from_file_location("drizzle_example_running_sum", path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -216,9 +219,7 @@ def running_sum_closed_form(n: int, i: int) -> tuple[int, int]:
     return (i + 1) * evens + shift, (i + 1) * odds + shift
 
 
-async def test_running_sum_identical_for_every_group_size(
-    ctx: Context, post_log: PostLog
-) -> None:
+async def test_running_sum_identical_for_every_group_size(ctx: Context, post_log: PostLog) -> None:
     async with asyncio.timeout(WAIT):
         example = load_running_sum()
         iters = 30

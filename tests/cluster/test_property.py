@@ -2,7 +2,8 @@
 results of a plain-Python reference.
 
 A program is a chain of maps and filters over small int lists, keyed, then one of
-``reduce_by_key`` / ``group_by_key`` / ``join`` with a cached side dataset / nothing,
+``reduce_by_key`` / two chained ``reduce_by_key`` / ``group_by_key`` / ``join`` with a
+cached side dataset / nothing,
 optionally folded into a cached running state (``union`` with the previous state,
 then ``reduce_by_key``). It runs as N micro-batches through ``run_jobs`` with group
 sizes 1, 2, 7 and 50 on one ``local[3]`` context, shared by every example.
@@ -16,7 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from drizzle import Context, Dataset
@@ -55,6 +57,16 @@ class Mod:
         return x % self.k
 
 
+@dataclass(frozen=True)
+class Rekey:
+    """``(k, v) -> (k % k2, v)``: a second shuffle on a coarser key."""
+
+    k2: int
+
+    def __call__(self, record: tuple[int, int]) -> tuple[int, int]:
+        return (record[0] % self.k2, record[1])
+
+
 def product(pair: tuple[int, int]) -> int:
     return pair[0] * pair[1]
 
@@ -69,7 +81,7 @@ class Program:
     in_parts: int
     narrow: tuple[Affine | DropResidue, ...]
     keys: int
-    kind: str  # "reduce" | "group" | "join" | "none"
+    kind: str  # "reduce" | "rereduce" | "group" | "join" | "none"
     out_parts: int
     side: tuple[tuple[int, int], ...]
     side_parts: int
@@ -92,15 +104,15 @@ def programs(draw: st.DrawFn) -> Program:
     keys = draw(st.integers(1, 5))
     out_parts = draw(st.integers(1, 4))
     return Program(
-        batches=tuple(draw(st.lists(st.tuples(*[ints] * draw(st.integers(0, 8))), min_size=n,
-                                    max_size=n))),
+        batches=tuple(
+            draw(st.lists(st.lists(ints, max_size=12).map(tuple), min_size=n, max_size=n))
+        ),
         in_parts=draw(st.integers(1, 4)),
         narrow=tuple(draw(st.lists(narrow_ops, max_size=3))),
         keys=keys,
-        kind=draw(st.sampled_from(["reduce", "group", "join", "none"])),
+        kind=draw(st.sampled_from(["reduce", "rereduce", "group", "join", "none"])),
         out_parts=out_parts,
-        side=tuple(draw(st.lists(st.tuples(st.integers(0, keys), st.integers(-3, 3)),
-                                 max_size=6))),
+        side=tuple(draw(st.lists(st.tuples(st.integers(0, keys), st.integers(-3, 3)), max_size=6))),
         side_parts=draw(st.integers(1, 3)),
         stateful=draw(st.booleans()),
         state_parts=draw(st.sampled_from([out_parts, 1, 2])),
@@ -120,9 +132,10 @@ def reference(prog: Program) -> list[list[Any]]:
             xs = [op(x) for x in xs] if isinstance(op, Affine) else [x for x in xs if op(x)]
         kv = [(x % prog.keys, x) for x in xs]
         records: list[Any]
-        if prog.kind == "reduce":
+        if prog.kind in ("reduce", "rereduce"):
             sums: dict[int, int] = {}
             for k, v in kv:
+                k = k % 2 if prog.kind == "rereduce" else k
                 sums[k] = sums.get(k, 0) + v
             records = list(sums.items())
         elif prog.kind == "group":
@@ -158,6 +171,9 @@ def build(ctx: Context, prog: Program, side: Dataset) -> list[Dataset]:
         kv = ds.key_by(Mod(prog.keys))
         if prog.kind == "reduce":
             out = kv.reduce_by_key(operator.add, prog.out_parts)
+        elif prog.kind == "rereduce":  # three stages
+            once = kv.reduce_by_key(operator.add, prog.in_parts)
+            out = once.map(Rekey(2)).reduce_by_key(operator.add, prog.out_parts)
         elif prog.kind == "group":
             out = kv.group_by_key(prog.out_parts).map_values(sorted_tuple)
         elif prog.kind == "join":
@@ -180,6 +196,12 @@ def shuffled_output(prog: Program) -> bool:
     return prog.stateful or prog.kind != "none"
 
 
+@pytest.fixture
+async def context3(make_context: MakeContext) -> Context:
+    """One ``local[3]`` context for the whole test function, shared by its examples."""
+    return await make_context("local[3]")
+
+
 @settings(
     max_examples=25,
     deadline=None,
@@ -188,11 +210,10 @@ def shuffled_output(prog: Program) -> bool:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(prog=programs())
-async def test_same_results_for_every_group_size(
-    make_context: MakeContext, prog: Program
-) -> None:
+async def test_same_results_for_every_group_size(context3: Context, prog: Program) -> None:
+    ctx = context3
+    event(f"kind={prog.kind} stateful={prog.stateful} n={len(prog.batches)}")
     async with asyncio.timeout(WAIT):
-        ctx = await shared_context(make_context)
         side = ctx.parallelize(prog.side, prog.side_parts).cache()
         expected = reference(prog)
         runs = {}
@@ -207,15 +228,3 @@ async def test_same_results_for_every_group_size(
                 assert len(parts) == prog.out_parts
                 for p, part in enumerate(parts):
                     assert all(partition_of(k, prog.out_parts) == p for k, _ in part)
-
-
-_SHARED: dict[int, Context] = {}
-
-
-async def shared_context(make_context: MakeContext) -> Context:
-    """One ``local[3]`` context per test function (the fixture), reused by its examples."""
-    ctx = _SHARED.get(id(make_context))
-    if ctx is None:
-        _SHARED.clear()
-        ctx = _SHARED[id(make_context)] = await make_context("local[3]")
-    return ctx

@@ -491,7 +491,7 @@ def test_named_wrong_types() -> None:
     """The classic mistakes, spelled out."""
     hb = TYPE_IDS[messages.Heartbeat]
     with pytest.raises(ProtocolError, match="expected int"):
-        decode(pack([hb, "t", "s", ["exec", "7"]]))  # str where int is expected
+        decode(pack([hb, "t", "s", ["exec", "7", None]]))  # str where int is expected
     blob_frame = [TYPE_IDS[messages.BlocksFetched], "t", "s", [1, [[1, 2]], []]]
     with pytest.raises(ProtocolError, match="expected bytes"):
         decode(pack(blob_frame))  # list where bytes is expected

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from drizzle.actors.internal import (
@@ -26,16 +27,21 @@ class DagSchedulerActor(Actor):
     def __init__(self, node: Node) -> None:
         super().__init__(node)
         self.state = DagState()
+        self.plan_s = 0.0
+        """Seconds spent planning groups (stage building and pickling payloads)."""
 
     def receive(self, peer: str, sender: str, message: Any) -> None:
         if isinstance(message, PlanGroup):
+            began = time.perf_counter()
             try:
                 plan = self.state.plan_group(message.group_id, message.requests)
             except Exception as exc:
+                self.plan_s += time.perf_counter() - began
                 self.node.post(
                     self.node.address, "driver", GroupNotLaunched(message.group_id, exc), self.name
                 )
                 return
+            self.plan_s += time.perf_counter() - began
             self.node.post(self.node.address, "group", PlaceGroup(plan), self.name)
         elif isinstance(message, GroupPlaced):
             self.state.group_placed(message.group_id, message.produced)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +68,8 @@ class DriverActor(Actor):
         self._next_group = 0
         self._membership = asyncio.Event()
         self.launch_messages = 0
+        self.results_s = 0.0
+        """Seconds spent receiving and unpickling results."""
         self.groups_completed = 0
 
     # ------------------------------------------------------------------ API (driver process)
@@ -90,7 +93,9 @@ class DriverActor(Actor):
 
     def receive(self, peer: str, sender: str, message: Any) -> None:
         if isinstance(message, TaskResult):
+            began = time.perf_counter()
             self._on_result(peer, message)
+            self.results_s += time.perf_counter() - began
         elif isinstance(message, GroupLaunched):
             self._on_launched(message)
         elif isinstance(message, TaskFailed):

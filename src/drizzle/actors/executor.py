@@ -15,6 +15,7 @@ import concurrent.futures
 import itertools
 import logging
 import sys
+import time
 import traceback
 from collections import defaultdict
 from typing import Any
@@ -47,6 +48,7 @@ from drizzle.wire.messages import (
     BlocksFetched,
     CancelGroup,
     ErrorReply,
+    ExecutorCounters,
     ExecutorRegistered,
     FetchBlocks,
     Heartbeat,
@@ -91,6 +93,7 @@ class ExecutorActor(Actor):
         *,
         barrier: bool = True,
         max_task_attempts: int = 4,
+        inline_limit: int = 64 * 1024,
         fetch_timeout: float = 30.0,
         register_timeout: float = 30.0,
     ) -> None:
@@ -100,7 +103,11 @@ class ExecutorActor(Actor):
         self.fetch_timeout = fetch_timeout
         self.register_timeout = register_timeout
         self.state = ExecutorState(
-            executor_id="", cores=cores, barrier=barrier, max_task_attempts=max_task_attempts
+            executor_id="",
+            cores=cores,
+            barrier=barrier,
+            max_task_attempts=max_task_attempts,
+            inline_limit=inline_limit,
         )
         self.store = BlockStore()
         self.blobs: dict[str, bytes] = {}
@@ -114,6 +121,14 @@ class ExecutorActor(Actor):
         self.stopped: asyncio.Future[str] = node.loop.create_future()
         self._heartbeat_seq = 0
         self._last_ack = 0.0
+        self.counters = {
+            "compute_s": 0.0,
+            "deserialize_s": 0.0,
+            "fetch_s": 0.0,
+            "notify_s": 0.0,
+            "queue_wait_s": 0.0,
+            "bytes_fetched": 0,
+        }
 
     @property
     def executor_id(self) -> str:
@@ -155,11 +170,29 @@ class ExecutorActor(Actor):
         while not self.stopped.done():
             self._heartbeat_seq += 1
             self.node.post(
-                self.driver, "group", Heartbeat(self.executor_id, self._heartbeat_seq), self.name
+                self.driver,
+                "group",
+                Heartbeat(self.executor_id, self._heartbeat_seq, self.snapshot()),
+                self.name,
             )
             await asyncio.sleep(interval)
             if self.node.now() - self._last_ack > silence_limit:
                 self._stop(f"driver silent for more than {silence_limit:.1f}s")
+
+    def snapshot(self) -> ExecutorCounters:
+        c, stats = self.counters, self.state.stats
+        return ExecutorCounters(
+            tasks=stats.tasks_succeeded,
+            failed_tasks=stats.tasks_failed,
+            compute_s=float(c["compute_s"]),
+            deserialize_s=float(c["deserialize_s"]),
+            fetch_s=float(c["fetch_s"]),
+            notify_s=float(c["notify_s"]),
+            queue_wait_s=float(c["queue_wait_s"]),
+            bytes_fetched=int(c["bytes_fetched"]),
+            notices_sent=stats.notices_sent,
+            notices_received=stats.notices_received,
+        )
 
     def _stop(self, reason: str) -> None:
         if not self.stopped.done():
@@ -181,6 +214,8 @@ class ExecutorActor(Actor):
 
     def receive(self, peer: str, sender: str, message: Any) -> None:
         if isinstance(message, MapOutputReady):
+            if message.inline:
+                self.store.put_inline(message.shuffle_id, message.map_id, message.inline)
             self._apply(MapOutputNoticed(message))
         elif isinstance(message, FetchBlocks):
             self._serve(peer, sender, message)
@@ -248,27 +283,40 @@ class ExecutorActor(Actor):
 
     async def _run_task(self, command: StartTask) -> None:
         spec = command.spec
+        counters = self.counters
+        began = time.perf_counter()
         try:
             shuffle_inputs, remote_cached = await self._fetch_inputs(command)
         except (FetchFailed, DrizzleError) as exc:
             self._apply(TaskErrored(spec.task_id, "FetchFailed", str(exc), "", retryable=False))
             return
         env = PreparedEnv(self.store, self.blobs, shuffle_inputs, remote_cached)
+        submitted = time.perf_counter()
+        counters["fetch_s"] += submitted - began
         try:
-            output = await self.node.loop.run_in_executor(
-                self.pool, execute, self.pipelines, spec.payload, spec.partition, env
+            output, waited, loaded, computed = await self.node.loop.run_in_executor(
+                self.pool, execute, self.pipelines, spec.payload, spec.partition, env, submitted
             )
         except Exception as exc:
             tb = "".join(traceback.format_exception(exc))
             self._apply(TaskErrored(spec.task_id, type(exc).__name__, str(exc), tb))
             return
+        counters["queue_wait_s"] += waited
+        counters["deserialize_s"] += loaded
+        counters["compute_s"] += computed
+        finished = time.perf_counter()
         if spec.shuffle_output is not None:
             assert isinstance(output, list)
             self.store.put_map_output(spec.shuffle_output.shuffle_id, spec.partition, output)
-            self._apply(TaskSucceeded(spec.task_id, sizes=tuple(len(b) for b in output)))
+            self._apply(
+                TaskSucceeded(
+                    spec.task_id, sizes=tuple(len(b) for b in output), blocks=tuple(output)
+                )
+            )
         else:
             assert isinstance(output, bytes)
             self._apply(TaskSucceeded(spec.task_id, value=output))
+        counters["notify_s"] += time.perf_counter() - finished
 
     async def _fetch_inputs(
         self, command: StartTask
@@ -281,13 +329,13 @@ class ExecutorActor(Actor):
             blocks: list[bytes] = [b""] * inp.num_maps
             shuffle_inputs[(inp.shuffle_id, inp.partition)] = blocks
             for map_id, holder in command.map_locations[inp.shuffle_id].items():
-                if holder == me:
-                    data = self.store.shuffle.get((inp.shuffle_id, map_id, inp.partition))
-                    if data is None:
-                        raise FetchFailed(
-                            f"local block {inp.shuffle_id}/{map_id}/{inp.partition} missing"
-                        )
+                data = self.store.shuffle.get((inp.shuffle_id, map_id, inp.partition))
+                if data is not None:  # written here, or carried by its notice
                     blocks[map_id] = data
+                elif holder == me:
+                    raise FetchFailed(
+                        f"local block {inp.shuffle_id}/{map_id}/{inp.partition} missing"
+                    )
                 else:
                     wanted[holder].append(BlockKey(inp.shuffle_id, map_id, inp.partition))
                     slots[holder].append(("s", (inp.shuffle_id, inp.partition), map_id))
@@ -303,6 +351,7 @@ class ExecutorActor(Actor):
                 *(self._fetch(peer, keys) for peer, keys in wanted.items())
             )
             for peer, reply in zip(wanted, replies, strict=True):
+                self.counters["bytes_fetched"] += sum(len(b) for b in reply.blocks)
                 if reply.missing:
                     raise FetchFailed(f"{len(reply.missing)} block(s) missing on {peer}")
                 for (kind, key, index), data in zip(slots[peer], reply.blocks, strict=True):

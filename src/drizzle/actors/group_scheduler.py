@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any
 
 import cloudpickle
@@ -25,6 +26,7 @@ from drizzle.scheduler.group import GroupSchedulerState, NoExecutors
 from drizzle.wire.messages import (
     PROTOCOL_VERSION,
     CancelGroup,
+    ExecutorCounters,
     ExecutorRegistered,
     Heartbeat,
     HeartbeatAck,
@@ -67,6 +69,10 @@ class GroupSchedulerActor(Actor):
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.state = GroupSchedulerState(heartbeat_timeout=heartbeat_timeout)
+        self.place_s = 0.0
+        """Seconds spent placing groups and building their launch messages."""
+        self.counters: dict[str, ExecutorCounters] = {}
+        """Latest counters reported by each executor's heartbeat."""
         self._checker = node.spawn(self._check_liveness(), name="liveness")
 
     async def _check_liveness(self) -> None:
@@ -85,6 +91,8 @@ class GroupSchedulerActor(Actor):
 
     def receive(self, peer: str, sender: str, message: Any) -> None:
         if isinstance(message, Heartbeat):
+            if message.counters is not None:
+                self.counters[peer] = message.counters
             if self.state.heartbeat(peer, self.node.now()):
                 self.node.post(peer, sender, HeartbeatAck(message.seq), self.name)
         elif isinstance(message, PlaceGroup):
@@ -127,6 +135,7 @@ class GroupSchedulerActor(Actor):
 
     def _place(self, message: PlaceGroup) -> None:
         plan = message.plan
+        began = time.perf_counter()
         try:
             placement = self.state.place(plan)
         except NoExecutors as exc:
@@ -156,6 +165,7 @@ class GroupSchedulerActor(Actor):
         )
         for executor, launch in placement.launches.items():
             self.node.post(executor, "executor", launch, self.name)
+        self.place_s += time.perf_counter() - began
 
     def on_peer_unreachable(self, peer: str, error: Exception) -> None:
         if self.state.remove(peer):

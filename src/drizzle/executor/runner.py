@@ -6,6 +6,7 @@ the event loop); the worker thread never touches the network or the event loop.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from drizzle import serde
@@ -61,6 +62,11 @@ class PipelineCache:
 
 
 def execute(
-    pipelines: PipelineCache, payload: str, partition: int, env: PreparedEnv
-) -> list[bytes] | bytes:
-    return run_task(pipelines.get(payload), partition, env)
+    pipelines: PipelineCache, payload: str, partition: int, env: PreparedEnv, submitted: float
+) -> tuple[list[bytes] | bytes, float, float, float]:
+    """Run a task; also returns (queue wait, deserialization, compute) seconds."""
+    started = time.perf_counter()
+    pipeline = pipelines.get(payload)
+    loaded = time.perf_counter()
+    output = run_task(pipeline, partition, env)
+    return output, started - submitted, loaded - started, time.perf_counter() - loaded

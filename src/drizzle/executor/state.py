@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import heapq
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from drizzle.wire.messages import (
     BlockReady,
+    InlineBlock,
     LaunchGroup,
     MapOutputReady,
     TaskFailed,
@@ -51,6 +52,8 @@ class TaskSucceeded:
     """Map tasks: the byte size of each reducer's block (already stored)."""
     value: bytes = b""
     """Result tasks: the pickled result."""
+    blocks: tuple[bytes, ...] = ()
+    """Map tasks: the blocks themselves, so small ones can travel with the notices."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +148,8 @@ class ExecutorState:
     cores: int
     barrier: bool = True
     max_task_attempts: int = 4
+    inline_limit: int = 0
+    """Shuffle blocks up to this many bytes ride inside the notice to their reducer."""
     tasks: dict[int, _Task] = field(default_factory=dict)
     map_outputs: dict[int, dict[int, str]] = field(default_factory=lambda: defaultdict(dict))
     blocks: dict[tuple[int, int], str] = field(default_factory=dict)
@@ -270,12 +275,14 @@ class ExecutorState:
                 self.executor_id,
                 event.sizes,
             )
-            for peer in dict.fromkeys(spec.shuffle_output.notify):
+            output = spec.shuffle_output
+            parts = dict(zip(output.notify, output.notify_partitions, strict=False))
+            for peer in dict.fromkeys(output.notify):
                 self.stats.notices_sent += 1
                 if peer == self.executor_id:
                     self._on_map_output(notice_m, out)
                 else:
-                    out.append(SendToPeer(peer, notice_m))
+                    out.append(SendToPeer(peer, self._with_inline(notice_m, event, parts, peer)))
             out.append(SendToDriver("tracker", notice_m))
         if spec.is_result:
             out.append(
@@ -293,6 +300,22 @@ class ExecutorState:
                     ),
                 )
             )
+
+    def _with_inline(
+        self,
+        notice: MapOutputReady,
+        event: TaskSucceeded,
+        parts: dict[str, tuple[int, ...]],
+        peer: str,
+    ) -> MapOutputReady:
+        if not self.inline_limit or not event.blocks or peer not in parts:
+            return notice
+        inline = tuple(
+            InlineBlock(r, event.blocks[r])
+            for r in parts[peer]
+            if r < len(event.blocks) and len(event.blocks[r]) <= self.inline_limit
+        )
+        return replace(notice, inline=inline) if inline else notice
 
     def _on_error(self, event: TaskErrored, out: list[Command]) -> None:
         task = self.tasks.get(event.task_id)
@@ -404,6 +427,4 @@ class ExecutorState:
 
 
 def _next_attempt(spec: TaskSpec) -> TaskSpec:
-    from dataclasses import replace
-
     return replace(spec, attempt=spec.attempt + 1)

@@ -6,9 +6,11 @@ event loop when serving fetches. Depends on nothing but ``serde``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from drizzle import serde
+from drizzle.wire.messages import InlineBlock
 
 
 class BlockStore:
@@ -22,6 +24,14 @@ class BlockStore:
         for reduce_id, block in enumerate(blocks):
             key = (shuffle_id, map_id, reduce_id)
             self.shuffle[key] = block
+            keys.append(key)
+
+    def put_inline(self, shuffle_id: int, map_id: int, blocks: Iterable[InlineBlock]) -> None:
+        """Keep blocks that arrived with a notice, as if fetched already."""
+        keys = self._shuffle_keys.setdefault(shuffle_id, [])
+        for block in blocks:
+            key = (shuffle_id, map_id, block.reduce)
+            self.shuffle[key] = block.data
             keys.append(key)
 
     def get(self, id_: int, index: int, reduce: int) -> bytes | None:

@@ -118,14 +118,14 @@ class GroupSchedulerState:
                     cursor += 1
 
         # Who reads what: shuffle → executors of its readers; block → remote readers.
-        shuffle_readers: dict[int, set[str]] = defaultdict(set)
+        shuffle_readers: dict[int, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
         block_readers: dict[BlockId, set[str]] = defaultdict(set)
         for batch in plan.batches:
             for stage in batch.stages:
                 for partition, deps in enumerate(stage.tasks):
                     executor = where[(stage.position, partition)]
-                    for shuffle_id, _, _ in deps.shuffle_reads:
-                        shuffle_readers[shuffle_id].add(executor)
+                    for shuffle_id, _, reduce_partition in deps.shuffle_reads:
+                        shuffle_readers[shuffle_id][executor].add(reduce_partition)
                     for block in deps.cache_reads:
                         if block not in plan.materialized:
                             block_readers[block].add(executor)
@@ -144,10 +144,13 @@ class GroupSchedulerState:
                         produced[block] = executor
                     shuffle_output = None
                     if stage.shuffle_id is not None:
+                        readers = shuffle_readers.get(stage.shuffle_id, {})
+                        notify = tuple(sorted(readers))
                         shuffle_output = ShuffleOutput(
                             stage.shuffle_id,
                             stage.num_reducers,
-                            tuple(sorted(shuffle_readers.get(stage.shuffle_id, ()))),
+                            notify,
+                            tuple(tuple(sorted(readers[e])) for e in notify),
                         )
                     spec = TaskSpec(
                         task_id=self.next_task_id,

@@ -50,6 +50,9 @@ class ShuffleOutput:
     shuffle_id: int
     num_reducers: int
     notify: tuple[str, ...]
+    notify_partitions: tuple[tuple[int, ...], ...] = ()
+    """For each executor of ``notify``, the reduce partitions its tasks read; blocks of
+    those partitions small enough travel inside the notice."""
 
 
 @record
@@ -97,6 +100,15 @@ class Blob:
 
 @record
 @dataclass(frozen=True, slots=True)
+class InlineBlock:
+    """A small shuffle block carried by its notice, sparing the reducer a fetch."""
+
+    reduce: int
+    data: bytes
+
+
+@record
+@dataclass(frozen=True, slots=True)
 class BlockKey:
     """A block in an executor's store: a shuffle block (``reduce >= 0``) or a cached partition.
 
@@ -107,6 +119,23 @@ class BlockKey:
     id: int
     index: int
     reduce: int
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class ExecutorCounters:
+    """Cumulative work of one executor since it started (seconds, counts, bytes)."""
+
+    tasks: int
+    failed_tasks: int
+    compute_s: float
+    deserialize_s: float
+    fetch_s: float
+    notify_s: float
+    queue_wait_s: float
+    bytes_fetched: int
+    notices_sent: int
+    notices_received: int
 
 
 @record
@@ -158,8 +187,11 @@ class RegistrationRefused:
 @message(4)
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
+    """Liveness, with the executor's counters so far."""
+
     executor_id: str
     seq: int
+    counters: ExecutorCounters | None = None
 
 
 @message(5)
@@ -226,6 +258,7 @@ class MapOutputReady:
     map_id: int
     executor_id: str
     sizes: tuple[int, ...]
+    inline: tuple[InlineBlock, ...] = ()
 
 
 @message(21)

@@ -115,9 +115,7 @@ def _compile_encoder(cls: type[Any]) -> Converter:
             and is_plain(args[0])
         )
 
-    kinds = [
-        0 if is_plain(hints[n]) else 1 if is_plain_tuple(hints[n]) else 2 for n in names
-    ]
+    kinds = [0 if is_plain(hints[n]) else 1 if is_plain_tuple(hints[n]) else 2 for n in names]
     spec = list(zip(names, kinds, strict=True))
 
     def encode(value: Any) -> list[Any]:
