@@ -1,9 +1,10 @@
 """Semantics of every dataset operation and action, against plain-Python references.
 
 Each test runs on an in-process ``local[4]`` cluster whose messages all pass through
-the codec, and compares what the cluster computes with the same computation done on
-Python lists. ``run_job(ds)`` shows the partitions themselves, so partitioning is
-checked too, not only the multiset of records.
+the codec, twice: with small shuffle blocks carried inside the map-output notices, and
+with reducers always pulling them from the mappers. It compares what the cluster
+computes with the same computation on Python lists; ``run_job(ds)`` shows the
+partitions themselves, so partitioning is checked too, not only the records.
 """
 
 from __future__ import annotations
@@ -24,7 +25,15 @@ import pytest
 from drizzle import Context
 from drizzle.partitioning import partition_of
 
-from .conftest import WAIT
+from .conftest import WAIT, MakeContext, PostLog
+
+
+@pytest.fixture(params=["inline", "pull"])
+async def ctx(request: pytest.FixtureRequest, make_context: MakeContext) -> Context:
+    """A ``local[4]`` context whose reducers get small shuffle blocks inside the map-output
+    notices (``inline``), or always pull them from the mappers (``pull``)."""
+    limit = 64 * 1024 if request.param == "inline" else 0
+    return await make_context("local[4]", inline_block_limit=limit)
 
 
 def slices(data: Iterable[Any], n: int) -> list[list[Any]]:
@@ -331,7 +340,8 @@ def calls() -> int:
 
 async def test_cache_is_computed_once_and_reused(ctx: Context) -> None:
     async with asyncio.timeout(WAIT):
-        _CALLS.clear()
+        with _CALLS_LOCK:
+            _CALLS.clear()
         data = list(range(50))
         cached = ctx.parallelize(data, 4).map(_counted).cache()
         assert cached.is_cached
@@ -361,7 +371,8 @@ async def test_cache_is_computed_once_and_reused(ctx: Context) -> None:
 async def test_cache_within_one_group(ctx: Context) -> None:
     """Micro-batches of one group read the cached partitions an earlier one wrote."""
     async with asyncio.timeout(WAIT):
-        _CALLS.clear()
+        with _CALLS_LOCK:
+            _CALLS.clear()
         cached = ctx.parallelize(range(20), 4).map(_counted).cache()
         jobs = [
             cached.map_values(lambda v, i=i: v * i).reduce_by_key(operator.add, 2) for i in range(5)
@@ -371,6 +382,38 @@ async def test_cache_within_one_group(ctx: Context) -> None:
         base = reduce_ref([(x % 5, x) for x in range(20)], operator.add)
         for i, parts in enumerate(results):
             assert dict(flat(parts)) == {k: v * i for k, v in base.items()}
+
+
+async def test_cached_partition_read_from_another_executor(ctx: Context, post_log: PostLog) -> None:
+    """Zip two cached datasets that were computed on different executors: the task goes
+    where the first one is and fetches the other's partition from its executor."""
+    async with asyncio.timeout(WAIT):
+        with _CALLS_LOCK:
+            _CALLS.clear()
+        first = ctx.parallelize(range(6), 3).map(_counted).cache()
+        second = ctx.parallelize(range(6, 12), 3).map(_counted).cache()
+        await first.count()  # result stage: partitions on the first three executors
+        await second.partition_by(1).count()  # map stage: placed after the one reducer
+        assert calls() == 12
+        post_log.clear()
+        zipped = first.zip_partitions(second, lambda a, b: [(list(a), list(b))])
+        assert await ctx.run_job(zipped) == [
+            [([(x % 5, x) for x in s], [(x % 5, x) for x in t])]
+            for s, t in zip(slices(range(6), 3), slices(range(6, 12), 3), strict=True)
+        ]
+        assert calls() == 12, "cached partitions were recomputed"
+        remote = [
+            (p.peer, b)
+            for p in post_log.of("LaunchGroup")
+            for spec in p.message.tasks
+            for b in spec.block_inputs
+            if b.location != p.peer
+        ]
+        assert remote, "placement put no cached partition away from its reader"
+        fetched = [k for p in post_log.of("FetchBlocks") for k in p.message.keys]
+        assert sorted((k.id, k.index) for k in fetched if k.reduce == -1) == sorted(
+            (b.dataset_id, b.partition) for _, b in remote
+        )
 
 
 # -------------------------------------------------------------------------------- actions

@@ -25,7 +25,7 @@ import pytest
 from drizzle import Context
 from drizzle.wire.messages import LaunchGroup, MapOutputReady, TaskSpec
 
-from .conftest import WAIT, PostLog
+from .conftest import WAIT, MakeContext, PostLog
 
 N = 20
 """Micro-batches per run."""
@@ -68,12 +68,19 @@ def expected_sums(i: int) -> list[tuple[int, int]]:
     return sorted(sums.items())
 
 
+TRANSFERS = {"pull": 0, "inline": 64 * 1024}
+"""``inline_block_limit`` per mode: reducers pull every block from the mappers, or small
+blocks ride inside the notices (every block of these tests is small)."""
+
+
+@pytest.mark.parametrize("transfer", sorted(TRANSFERS))
 @pytest.mark.parametrize("reducers", [4, 2])
 @pytest.mark.parametrize("group_size", [1, 5, 20])
 async def test_one_launch_per_executor_per_group_and_pushed_notices(
-    ctx: Context, post_log: PostLog, group_size: int, reducers: int
+    make_context: MakeContext, post_log: PostLog, group_size: int, reducers: int, transfer: str
 ) -> None:
     async with asyncio.timeout(WAIT):
+        ctx = await make_context("local[4]", inline_block_limit=TRANSFERS[transfer])
         executors = executor_ids(ctx)
         driver = driver_address(ctx)
         jobs = two_stage_jobs(ctx, reducers)
@@ -150,25 +157,40 @@ async def test_one_launch_per_executor_per_group_and_pushed_notices(
             ]
             assert {p.target for p in tracked} == {"tracker"}
             assert len(tracked) == len(batches) * M
+            assert not any(p.message.inline for p in tracked), "the tracker gets no data"
         sent = sum(e.state.stats.notices_sent for e in ctx.cluster.executors) - sent_before
         received = (
             sum(e.state.stats.notices_received for e in ctx.cluster.executors) - received_before
         )
         assert sent == received == total_notified == N * M * min(reducers, len(executors))
 
-        # --- reducers fetch from the mappers' executors, one request per peer per task.
+        # --- reducers get each remote map's blocks without asking the driver: pulled from
+        # the mapper (one request per mapper executor per reduce task), or carried by the
+        # notice, which then holds exactly the blocks of the reduce partitions the
+        # receiving executor runs.
         fetches = post_log.of("FetchBlocks")
         assert all(p.node in executors and p.peer in executors for p in fetches)
         expected_fetches = 0
-        for placed in by_group.values():
+        for group_id, placed in by_group.items():
             map_executors: dict[tuple[int, int], set[str]] = collections.defaultdict(set)
+            reduce_partitions: dict[tuple[int, str], set[int]] = collections.defaultdict(set)
             for e, s in placed:
                 if s.shuffle_output is not None:
                     map_executors[(s.batch, s.shuffle_output.shuffle_id)].add(e)
+                for inp in s.shuffle_inputs:
+                    reduce_partitions[(inp.shuffle_id, e)].add(inp.partition)
             for e, s in placed:
                 for inp in s.shuffle_inputs:
                     expected_fetches += len(map_executors[(s.batch, inp.shuffle_id)] - {e})
-        assert len(fetches) == expected_fetches
+            for p in notices:
+                if p.message.group_id == group_id:
+                    carried = {b.reduce for b in p.message.inline}
+                    wanted = reduce_partitions[(p.message.shuffle_id, p.peer)]
+                    assert carried == (wanted if transfer == "inline" else set())
+        if transfer == "pull":
+            assert len(fetches) == expected_fetches > 0
+        else:
+            assert fetches == []
         assert len(post_log.of("BlocksFetched")) == len(fetches)
 
         # --- executors tell the driver only results, tracker notices and heartbeats.
@@ -281,3 +303,112 @@ async def test_iter_jobs_streams_results_within_a_group(ctx: Context, post_log: 
                 assert [x for part in parts for x in part] == [x * i for x in range(40)]
     finally:
         _RELEASE.set()  # never leave a worker thread waiting
+
+
+# ------------------------------------------------------------ waiting reducers, barrier
+
+_STARTS: list[tuple[int, str, int]] = []
+_STARTS_LOCK = threading.Lock()
+
+
+class Traced:
+    """A partition function that records (worker thread, stage, micro-batch) when it runs.
+
+    Each ``local[N]`` executor runs tasks on its own single worker thread, so the thread
+    identifies the executor."""
+
+    def __init__(self, stage: str, batch: int) -> None:
+        self.stage = stage
+        self.batch = batch
+
+    def __call__(self, it: Iterator[Any]) -> Iterator[Any]:
+        with _STARTS_LOCK:
+            _STARTS.append((threading.get_ident(), self.stage, self.batch))
+        return it
+
+
+def traced_jobs(ctx: Context, n: int, maps: int, reducers: int) -> list[Any]:
+    src = ctx.parallelize(range(60), maps)
+    return [
+        src.map_partitions(Traced("map", i))
+        .map(lambda x, i=i: (x % 5, x * i))
+        .reduce_by_key(operator.add, reducers)
+        .map_partitions(Traced("reduce", i))
+        for i in range(n)
+    ]
+
+
+def expected_scaled(i: int) -> list[tuple[int, int]]:
+    return sorted({k: sum(x * i for x in range(60) if x % 5 == k) for k in range(5)}.items())
+
+
+async def test_waiting_reducers_hold_no_slot(make_context: MakeContext) -> None:
+    """One executor with one core: every reducer of the group is launched before its maps
+    ran, and waits without its slot, so the maps can run and the group completes."""
+    async with asyncio.timeout(WAIT):
+        ctx = await make_context("local[1]")
+        [executor] = ctx.cluster.executors
+        started = executor.state.stats.tasks_started
+        results = await ctx.run_jobs(traced_jobs(ctx, 6, 3, 2), group_size=6)
+        assert [sorted(r for p in parts for r in p) for parts in results] == [
+            expected_scaled(i) for i in range(6)
+        ]
+        assert executor.state.stats.tasks_started - started == 6 * (3 + 2)  # none restarted
+
+
+async def test_barrier_runs_micro_batches_in_order_on_each_executor(ctx: Context) -> None:
+    async with asyncio.timeout(WAIT):
+        with _STARTS_LOCK:
+            _STARTS.clear()
+        results = await ctx.run_jobs(traced_jobs(ctx, 8, 4, 4), group_size=8)
+        assert [sorted(r for p in parts for r in p) for parts in results] == [
+            expected_scaled(i) for i in range(8)
+        ]
+        with _STARTS_LOCK:
+            starts = list(_STARTS)
+        assert len(starts) == 8 * (4 + 4)
+        per_thread: dict[int, list[tuple[int, str]]] = collections.defaultdict(list)
+        for thread, stage, batch in starts:
+            per_thread[thread].append((batch, stage))
+        assert len(per_thread) == 4  # four executors, one worker thread each
+        for order in per_thread.values():
+            batches = [b for b, _ in order]
+            assert batches == sorted(batches), order
+
+
+async def test_large_blocks_are_pulled_and_small_ones_carried(
+    make_context: MakeContext, post_log: PostLog
+) -> None:
+    """With the default inline limit, exactly the remote blocks above it are fetched."""
+    async with asyncio.timeout(WAIT):
+        limit = 64 * 1024
+        ctx = await make_context("local[3]", inline_block_limit=limit)
+        big = "x" * (2 * limit)
+        data = [(k, big if k % 2 else "small") for k in range(12)]
+        ds = ctx.parallelize(data, 3).partition_by(3).map_values(len)
+        post_log.clear()
+        got = sorted(await ds.collect())
+        assert got == sorted((k, len(v)) for k, v in data)
+
+        tasks = [(e, s) for _, e, s in launched_tasks(post_log)]
+        map_at = {s.partition: e for e, s in tasks if s.shuffle_output is not None}
+        sizes = {
+            p.message.map_id: p.message.sizes
+            for p in post_log.of("MapOutputReady")
+            if p.target == "tracker"
+        }
+        big_remote = [
+            (e, m, inp.partition)
+            for e, s in tasks
+            for inp in s.shuffle_inputs
+            for m in range(inp.num_maps)
+            if map_at[m] != e and sizes[m][inp.partition] > limit
+        ]
+        assert big_remote, "the data must put some large block on another executor"
+        fetched = [key for p in post_log.of("FetchBlocks") for key in p.message.keys]
+        assert sorted((k.index, k.reduce) for k in fetched) == sorted(
+            (m, r) for _, m, r in big_remote
+        )
+        carried = [b for p in post_log.of("MapOutputReady") for b in p.message.inline]
+        assert carried
+        assert all(len(b.data) <= limit for b in carried)

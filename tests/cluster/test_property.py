@@ -196,10 +196,12 @@ def shuffled_output(prog: Program) -> bool:
     return prog.stateful or prog.kind != "none"
 
 
-@pytest.fixture
-async def context3(make_context: MakeContext) -> Context:
-    """One ``local[3]`` context for the whole test function, shared by its examples."""
-    return await make_context("local[3]")
+@pytest.fixture(params=["inline", "pull"])
+async def context3(request: pytest.FixtureRequest, make_context: MakeContext) -> Context:
+    """One ``local[3]`` context for the whole test function, shared by its examples; small
+    shuffle blocks travel inside notices, or reducers always pull them."""
+    limit = 64 * 1024 if request.param == "inline" else 0
+    return await make_context("local[3]", inline_block_limit=limit)
 
 
 @settings(

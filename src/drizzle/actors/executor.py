@@ -108,6 +108,7 @@ class ExecutorActor(Actor):
             barrier=barrier,
             max_task_attempts=max_task_attempts,
             inline_limit=inline_limit,
+            prefetch=1 if cores == 1 else 0,
         )
         self.store = BlockStore()
         self.blobs: dict[str, bytes] = {}
@@ -116,6 +117,9 @@ class ExecutorActor(Actor):
             max_workers=cores, thread_name_prefix="drizzle-task"
         )
         self._fetches: dict[int, asyncio.Future[BlocksFetched]] = {}
+        self._last_submitted: asyncio.Future[None] | None = None
+        """Set once the most recently started task is handed to a worker: tasks reach
+        the workers in the order the local scheduler started them."""
         self._request_ids = itertools.count()
         self._registered: asyncio.Future[ExecutorRegistered] = node.loop.create_future()
         self.stopped: asyncio.Future[str] = node.loop.create_future()
@@ -254,7 +258,12 @@ class ExecutorActor(Actor):
 
     def _run_command(self, command: Command) -> None:
         if isinstance(command, StartTask):
-            self.node.spawn(self._run_task(command), name=f"task {command.spec.task_id}")
+            previous = self._last_submitted
+            mine: asyncio.Future[None] = self.node.loop.create_future()
+            self._last_submitted = mine
+            self.node.spawn(
+                self._run_task(command, previous, mine), name=f"task {command.spec.task_id}"
+            )
         elif isinstance(command, SendToPeer):
             self.node.post(command.peer, "executor", command.message, self.name)
         elif isinstance(command, SendToDriver):
@@ -281,22 +290,31 @@ class ExecutorActor(Actor):
 
     # ------------------------------------------------------------------ tasks
 
-    async def _run_task(self, command: StartTask) -> None:
+    async def _run_task(
+        self, command: StartTask, previous: asyncio.Future[None] | None, mine: asyncio.Future[None]
+    ) -> None:
         spec = command.spec
         counters = self.counters
         began = time.perf_counter()
         try:
-            shuffle_inputs, remote_cached = await self._fetch_inputs(command)
-        except (FetchFailed, DrizzleError) as exc:
-            self._apply(TaskErrored(spec.task_id, "FetchFailed", str(exc), "", retryable=False))
-            return
-        env = PreparedEnv(self.store, self.blobs, shuffle_inputs, remote_cached)
-        submitted = time.perf_counter()
-        counters["fetch_s"] += submitted - began
-        try:
-            output, waited, loaded, computed = await self.node.loop.run_in_executor(
+            try:
+                shuffle_inputs, remote_cached = await self._fetch_inputs(command)
+            except (FetchFailed, DrizzleError) as exc:
+                self._apply(TaskErrored(spec.task_id, "FetchFailed", str(exc), "", retryable=False))
+                return
+            env = PreparedEnv(self.store, self.blobs, shuffle_inputs, remote_cached)
+            if previous is not None and not previous.done():
+                await previous
+            submitted = time.perf_counter()
+            counters["fetch_s"] += submitted - began
+            running = self.node.loop.run_in_executor(
                 self.pool, execute, self.pipelines, spec.payload, spec.partition, env, submitted
             )
+        finally:
+            if not mine.done():
+                mine.set_result(None)
+        try:
+            output, waited, loaded, computed = await running
         except Exception as exc:
             tb = "".join(traceback.format_exception(exc))
             self._apply(TaskErrored(spec.task_id, type(exc).__name__, str(exc), tb))

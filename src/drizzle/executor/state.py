@@ -149,6 +149,10 @@ class ExecutorState:
     barrier: bool = True
     max_task_attempts: int = 4
     inline_limit: int = 0
+    prefetch: int = 0
+    """Tasks started beyond ``cores``, queued behind the running one on a worker that
+    runs them in start order (only meaningful with one core): the worker goes from one
+    task to the next without waiting for the event loop."""
     """Shuffle blocks up to this many bytes ride inside the notice to their reducer."""
     tasks: dict[int, _Task] = field(default_factory=dict)
     map_outputs: dict[int, dict[int, str]] = field(default_factory=lambda: defaultdict(dict))
@@ -162,6 +166,8 @@ class ExecutorState:
     _runnable: list[tuple[int, int, int, int, int]] = field(default_factory=list)
     _unfinished: dict[tuple[int, int], int] = field(default_factory=lambda: defaultdict(int))
     _running: int = 0
+    _pending: dict[tuple[int, int], int] = field(default_factory=lambda: defaultdict(int))
+    """Unfinished tasks not started yet, per (group, micro-batch)."""
 
     # ------------------------------------------------------------------ dispatch
 
@@ -225,6 +231,7 @@ class ExecutorState:
         task = _Task(group_id, spec, missing_shuffles, missing_blocks)
         self.tasks[spec.task_id] = task
         self._unfinished[(group_id, spec.batch)] += 1
+        self._pending[(group_id, spec.batch)] += 1
         if not missing_shuffles and not missing_blocks:
             self._make_runnable(task)
 
@@ -324,6 +331,7 @@ class ExecutorState:
         spec = task.spec
         if event.retryable and spec.attempt + 1 < self.max_task_attempts:
             self._running -= 1
+            self._pending[(task.group_id, spec.batch)] += 1
             self.stats.retries += 1
             task.spec = _next_attempt(spec)
             self._make_runnable(task)
@@ -375,22 +383,41 @@ class ExecutorState:
         )
 
     def _finish(self, task: _Task, *, ran: bool = True) -> None:
+        key = (task.group_id, task.spec.batch)
         if task.state == "running":
             self._running -= 1
+        else:
+            self._count_down(self._pending, key)
         task.state = "done"
-        key = (task.group_id, task.spec.batch)
         self._unfinished[key] -= 1
         if self._unfinished[key] <= 0:
             del self._unfinished[key]
 
-    def _earliest_unfinished(self, group_id: int) -> int | None:
-        batches = [b for (g, b) in self._unfinished if g == group_id]
+    @staticmethod
+    def _count_down(counts: dict[tuple[int, int], int], key: tuple[int, int]) -> None:
+        counts[key] -= 1
+        if counts[key] <= 0:
+            del counts[key]
+
+    @staticmethod
+    def _earliest(counts: dict[tuple[int, int], int], group_id: int) -> int | None:
+        batches = [b for (g, b) in counts if g == group_id]
         return min(batches) if batches else None
+
+    def _barrier_holds(self, group_id: int, batch: int) -> bool:
+        """Whether a task of ``batch`` must wait for earlier micro-batches here."""
+        pending = self._earliest(self._pending, group_id)
+        if pending is not None and pending < batch:
+            return True
+        if self.cores == 1 and self.prefetch:
+            return False  # earlier tasks already started finish first: one worker, in order
+        unfinished = self._earliest(self._unfinished, group_id)
+        return unfinished is not None and unfinished < batch
 
     def _schedule(self, out: list[Command]) -> None:
         held: list[tuple[int, int, int, int, int]] = []
         held_groups: set[int] = set()
-        while self._runnable and self._running < self.cores:
+        while self._runnable and self._running < self.cores + self.prefetch:
             entry = heapq.heappop(self._runnable)
             group_id, batch, _, _, task_id = entry
             task = self.tasks.get(task_id)
@@ -399,15 +426,14 @@ class ExecutorState:
             if group_id in held_groups:
                 held.append(entry)
                 continue
-            if self.barrier:
-                earliest = self._earliest_unfinished(group_id)
-                if earliest is not None and earliest < batch:
-                    # Every later task of this group is held too; other groups may run.
-                    held.append(entry)
-                    held_groups.add(group_id)
-                    continue
+            if self.barrier and self._barrier_holds(group_id, batch):
+                # Every later task of this group is held too; other groups may run.
+                held.append(entry)
+                held_groups.add(group_id)
+                continue
             task.state = "running"
             self._running += 1
+            self._count_down(self._pending, (group_id, batch))
             self.stats.tasks_started += 1
             out.append(StartTask(group_id, task.spec, *self._locations(task.spec)))
         for entry in held:

@@ -2,8 +2,10 @@
 
 This is the only module of Drizzle that imports ``zmq``. Each transport owns one
 ``zmq.asyncio.Context``. Inbound, one ROUTER is bound at the transport's address and a
-single long-lived reader task decodes its frames into a bounded mailbox, so a ``recv``
-call never cancels an in-flight zmq read. Outbound, one DEALER per peer is created on
+single long-lived reader decodes its frames into a bounded mailbox (``recv`` only reads
+the mailbox, so it never cancels an in-flight zmq read); the reader drains the socket
+without blocking from its FD callback, which saves pyzmq's per-frame future and a loop
+iteration on the hot path. Outbound, one DEALER per peer is created on
 first send, with ``routing_id`` set to this transport's own address: the receiving
 ROUTER reports it as the sender. DEALERs use ``ZMQ_IMMEDIATE`` so nothing is queued for
 a peer that is not connected, and a socket monitor tracks the ZMTP handshake: while a
