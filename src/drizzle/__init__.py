@@ -14,11 +14,11 @@ from drizzle.dataset import Dataset
 from drizzle.errors import (
     ClusterError,
     DrizzleError,
-    GroupShapeError,
     JobFailed,
     PeerUnreachable,
     ProtocolError,
 )
+from drizzle.plan import PlanError
 from drizzle.runtime import run
 
 __all__ = [
@@ -26,9 +26,9 @@ __all__ = [
     "Context",
     "Dataset",
     "DrizzleError",
-    "GroupShapeError",
     "JobFailed",
     "PeerUnreachable",
+    "PlanError",
     "ProtocolError",
     "__version__",
     "run",

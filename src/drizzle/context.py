@@ -179,10 +179,14 @@ class Context:
             funcs: list[JobFunc] = [collect_partition] * len(datasets)
         elif callable(func):
             funcs = [func] * len(datasets)
-        else:
+        elif isinstance(func, Sequence):
             funcs = list(func)
-            if len(funcs) != len(datasets):
-                raise ValueError(f"{len(funcs)} functions for {len(datasets)} datasets")
+        else:
+            raise TypeError(
+                f"func is not callable nor a list of callables: got {type(func).__name__}"
+            )
+        if len(funcs) != len(datasets):
+            raise ValueError(f"{len(funcs)} functions for {len(datasets)} datasets")
         for i, (ds, fn) in enumerate(zip(datasets, funcs, strict=True)):
             if not isinstance(ds, Dataset):
                 raise TypeError(f"datasets[{i}] is a {type(ds).__name__}, not a Dataset")

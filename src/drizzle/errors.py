@@ -27,10 +27,6 @@ class ClusterError(DrizzleError):
     """The cluster could not be started or lost the resources a job needs."""
 
 
-class GroupShapeError(DrizzleError):
-    """Micro-batches handed to one group do not share a stage shape."""
-
-
 class JobFailed(DrizzleError):
     """A job could not be completed.
 

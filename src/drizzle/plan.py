@@ -24,6 +24,7 @@ from drizzle.dataset import (
     UnionDataset,
     ZippedDataset,
 )
+from drizzle.errors import DrizzleError
 from drizzle.pipeline import (
     CacheRead,
     CacheWrite,
@@ -86,7 +87,7 @@ _TOO_DEEP = (
 )
 
 
-class PlanError(Exception):
+class PlanError(DrizzleError):
     """A dataset graph that cannot be planned (for example, too deep without a cache)."""
 
 

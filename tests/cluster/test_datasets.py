@@ -512,12 +512,6 @@ def test_portable_hash_is_the_same_in_every_process() -> None:
     assert len(runs[0]) == len(HASHED_KEYS)
 
 
-@pytest.mark.xfail(
-    sys.version_info < (3, 12),
-    strict=True,
-    reason="partitioning.portable_hash(None) returns hash(None), which before Python 3.12 "
-    "is derived from None's address and so differs between executor processes",
-)
 def test_portable_hash_of_none_is_the_same_in_every_process() -> None:
     keys = ["None", "(None, 1)"]
     runs = [hashes_in_fresh_process(keys, seed) for seed in ("1", "1", "2")]

@@ -411,10 +411,6 @@ async def test_group_timeout_fails_the_group(
         assert await src.collect() == [0, 1, 2, 3]  # the context recovers
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="actors/driver.py formats group_timeout with '{:.0f}s', so 0.5 s reads '0s'",
-)
 async def test_group_timeout_message_states_the_timeout(
     make_context: MakeContext, gate: threading.Event
 ) -> None:
@@ -465,11 +461,6 @@ async def test_deep_lineage_is_refused_with_advice(ctx: Context) -> None:
         assert await ds.collect() == [0, 1, 2, 3]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="plan.PlanError derives from Exception, not DrizzleError, the documented base "
-    "of every error Drizzle raises on purpose (and it is not exported by drizzle)",
-)
 async def test_deep_lineage_error_is_a_drizzle_error(ctx: Context) -> None:
     async with asyncio.timeout(WAIT):
         with pytest.raises(DrizzleError, match=r"cache\(\)"):

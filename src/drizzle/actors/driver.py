@@ -146,7 +146,7 @@ class DriverActor(Actor):
         if run is not None:
             self._fail(
                 run,
-                JobFailed(f"group {group_id} did not complete within {self.group_timeout:.0f}s"),
+                JobFailed(f"group {group_id} did not complete within {self.group_timeout:g}s"),
             )
 
     def _on_result(self, peer: str, msg: TaskResult) -> None:

@@ -245,7 +245,11 @@ class ZmqTransport(Transport):
             loop.call_soon(on_readable)  # more pending: yield to the loop, then go on
 
         def on_readable() -> None:
-            if not blocked.is_set() and not self._closed:
+            if self._closed:
+                return
+            if blocked.is_set():
+                router.getsockopt(zmq.EVENTS)  # reset the FD's signal, or the loop spins
+            else:
                 drain()
 
         loop.add_reader(fd, on_readable)
