@@ -9,6 +9,7 @@ not yet delivered with ``JobFailed``; a group never yields partial results.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from collections.abc import Sequence
@@ -51,9 +52,30 @@ class GroupRun:
     launched_at: float = 0.0
     deadline: asyncio.TimerHandle | None = None
     stats: dict[str, float] = field(default_factory=dict)
+    planned_s: float = 0.0
+    """Seconds from submission to launch: planning, placement, launch messages."""
+    results_s: float = 0.0
 
 
 _MISSING = object()
+
+
+@dataclass(frozen=True)
+class GroupSummary:
+    """What one completed group cost: the input of the group-size tuner and of metrics."""
+
+    group_id: int
+    batches: int
+    tasks: int
+    launch_messages: int
+    wall_s: float
+    """From submission to the last result."""
+    coordination_s: float
+    """Driver-side work for the group: planning, placement and launch, result handling."""
+
+    @property
+    def overhead(self) -> float:
+        return self.coordination_s / self.wall_s if self.wall_s > 0 else 0.0
 
 
 class DriverActor(Actor):
@@ -68,6 +90,8 @@ class DriverActor(Actor):
         self._next_group = 0
         self._membership = asyncio.Event()
         self.launch_messages = 0
+        self.completed: collections.deque[GroupSummary] = collections.deque(maxlen=10_000)
+        """Summaries of the most recent completed groups, oldest first."""
         self.results_s = 0.0
         """Seconds spent receiving and unpickling results."""
         self.groups_completed = 0
@@ -94,8 +118,13 @@ class DriverActor(Actor):
     def receive(self, peer: str, sender: str, message: Any) -> None:
         if isinstance(message, TaskResult):
             began = time.perf_counter()
-            self._on_result(peer, message)
-            self.results_s += time.perf_counter() - began
+            run = self._on_result(peer, message)
+            spent = time.perf_counter() - began
+            self.results_s += spent
+            if run is not None:
+                run.results_s += spent
+                if run.done:
+                    self._summarize(run)
         elif isinstance(message, GroupLaunched):
             self._on_launched(message)
         elif isinstance(message, TaskFailed):
@@ -129,6 +158,7 @@ class DriverActor(Actor):
         run.participants = msg.participants
         run.shuffle_ids = msg.shuffle_ids
         run.launched_at = self.node.now()
+        run.planned_s = run.launched_at - run.submitted_at
         run.stats["tasks"] = msg.num_tasks
         run.stats["launch_messages"] = msg.launch_messages
         self.launch_messages += msg.launch_messages
@@ -149,15 +179,15 @@ class DriverActor(Actor):
                 JobFailed(f"group {group_id} did not complete within {self.group_timeout:g}s"),
             )
 
-    def _on_result(self, peer: str, msg: TaskResult) -> None:
+    def _on_result(self, peer: str, msg: TaskResult) -> GroupRun | None:
         run = self.groups.get(msg.group_id)
         if run is None or run.done:
-            return
+            return None
         slots = run.pending.get(msg.batch)
         if slots is None or not 0 <= msg.partition < len(slots):
             raise UnexpectedMessage(f"result for unknown task from {peer}: {msg.batch}")
         if slots[msg.partition] is not _MISSING:
-            return  # a duplicate: each result is delivered once
+            return None  # a duplicate: each result is delivered once
         try:
             slots[msg.partition] = serde.loads(msg.value)
         except Exception as exc:
@@ -171,7 +201,7 @@ class DriverActor(Actor):
                     executor=peer,
                 ),
             )
-            return
+            return None
         run.remaining[msg.batch] -= 1
         if run.remaining[msg.batch] == 0:
             fut = run.results[msg.batch]
@@ -179,6 +209,7 @@ class DriverActor(Actor):
                 fut.set_result(slots)
             if all(v == 0 for v in run.remaining.values()):
                 self._complete(run)
+        return run
 
     def _complete(self, run: GroupRun) -> None:
         run.done = True
@@ -190,6 +221,26 @@ class DriverActor(Actor):
         event = GroupCompleted(run.group_id, run.participants, run.shuffle_ids)
         for target in ("dag", "group", "tracker"):
             self.node.post(self.node.address, target, event, self.name)
+
+    def _summarize(self, run: GroupRun) -> None:
+        summary = GroupSummary(
+            group_id=run.group_id,
+            batches=len(run.results),
+            tasks=int(run.stats.get("tasks", 0)),
+            launch_messages=int(run.stats.get("launch_messages", 0)),
+            wall_s=run.stats["wall"],
+            coordination_s=run.planned_s + run.results_s,
+        )
+        self.completed.append(summary)
+        log.info(
+            "group %d: G=%d tasks=%d wall=%.1f ms (%.3f ms per micro-batch) overhead=%.1f%%",
+            summary.group_id,
+            summary.batches,
+            summary.tasks,
+            summary.wall_s * 1000,
+            summary.wall_s * 1000 / max(1, summary.batches),
+            summary.overhead * 100,
+        )
 
     def _on_task_failed(self, peer: str, msg: TaskFailed) -> None:
         run = self.groups.get(msg.group_id)
