@@ -246,7 +246,7 @@ def produced_blocks(plan: BatchPlan) -> Iterator[tuple[BlockId, int, int]]:
 
 
 def blocks_available(
-    materialized: Mapping[BlockId, str], produced: Mapping[BlockId, Any]
+    materialized: Mapping[BlockId, Any], produced: Mapping[BlockId, Any]
 ) -> Callable[[int, int], bool]:
     def available(dataset_id: int, partition: int) -> bool:
         key = (dataset_id, partition)

@@ -24,7 +24,10 @@ from drizzle.actors.internal import (
     GroupCompleted,
     GroupLaunched,
     GroupNotLaunched,
+    GroupNotRecovered,
+    GroupRecovered,
     PlanGroup,
+    RecoverGroup,
 )
 from drizzle.actors.node import Actor, Node, UnexpectedMessage
 from drizzle.errors import JobFailed
@@ -55,6 +58,7 @@ class GroupRun:
     planned_s: float = 0.0
     """Seconds from submission to launch: planning, placement, launch messages."""
     results_s: float = 0.0
+    recoveries: int = 0
 
 
 _MISSING = object()
@@ -90,6 +94,10 @@ class DriverActor(Actor):
         self._next_group = 0
         self._membership = asyncio.Event()
         self.launch_messages = 0
+        self.max_recoveries = 16
+        self.recomputed_maps = 0
+        """Map tasks run again by recoveries, over the driver's life."""
+        self.relaunched_tasks = 0
         self.completed: collections.deque[GroupSummary] = collections.deque(maxlen=10_000)
         """Summaries of the most recent completed groups, oldest first."""
         self.results_s = 0.0
@@ -140,16 +148,48 @@ class DriverActor(Actor):
             self.executors.pop(message.executor_id, None)
             self._membership.set()
             for run in list(self.groups.values()):
-                if message.executor_id in run.participants:
-                    self._fail(
-                        run,
-                        JobFailed(
-                            f"executor {message.executor_id} was lost: {message.reason}",
-                            executor=message.executor_id,
-                        ),
-                    )
+                if message.executor_id in run.participants and run.launched.done():
+                    self._recover(run, message.executor_id, message.reason)
+        elif isinstance(message, GroupRecovered):
+            run = self.groups.get(message.group_id)
+            if run is not None:
+                run.participants = message.participants
+                run.recoveries += 1
+                run.stats["recomputed_maps"] = (
+                    run.stats.get("recomputed_maps", 0) + message.recomputed_maps
+                )
+                self.recomputed_maps += message.recomputed_maps
+                self.relaunched_tasks += message.relaunched_tasks
+        elif isinstance(message, GroupNotRecovered):
+            run = self.groups.get(message.group_id)
+            if run is not None:
+                self._fail(run, JobFailed(f"group {run.group_id} cannot recover: {message.reason}"))
         else:
             raise UnexpectedMessage(f"driver does not handle {type(message).__name__}")
+
+    def _recover(self, run: GroupRun, executor_id: str, reason: str) -> None:
+        if run.recoveries >= self.max_recoveries:
+            self._fail(
+                run,
+                JobFailed(
+                    f"executor {executor_id} was lost ({reason}) and group {run.group_id} "
+                    f"already recovered {run.recoveries} times",
+                    executor=executor_id,
+                ),
+            )
+            return
+        delivered = frozenset(
+            (batch, partition)
+            for batch, slots in run.pending.items()
+            for partition, value in enumerate(slots)
+            if value is not _MISSING
+        )
+        self.node.post(
+            self.node.address,
+            "tracker",
+            RecoverGroup(run.group_id, frozenset({executor_id}), delivered),
+            self.name,
+        )
 
     def _on_launched(self, msg: GroupLaunched) -> None:
         run = self.groups.get(msg.group_id)

@@ -33,7 +33,9 @@ from drizzle.executor.state import (
     ExecutorState,
     GroupCancelled,
     GroupLaunched,
+    InputsLost,
     MapOutputNoticed,
+    ReplicateCached,
     SendToDriver,
     SendToPeer,
     StartTask,
@@ -58,6 +60,7 @@ from drizzle.wire.messages import (
     RegisterExecutor,
     RegistrationRefused,
     ReleaseBlocks,
+    ReplicateBlock,
     StopExecutor,
 )
 
@@ -66,6 +69,10 @@ log = logging.getLogger("drizzle.executor")
 
 class FetchFailed(DrizzleError):
     """Blocks a task needs could not be fetched from a peer."""
+
+    def __init__(self, message: str, peer: str = "") -> None:
+        super().__init__(message)
+        self.peer = peer
 
 
 class ExecutorActor(Actor):
@@ -79,6 +86,7 @@ class ExecutorActor(Actor):
         HeartbeatAck,
         CancelGroup,
         ReleaseBlocks,
+        ReplicateBlock,
         ExecutorRegistered,
         RegistrationRefused,
         StopExecutor,
@@ -117,6 +125,7 @@ class ExecutorActor(Actor):
             max_workers=cores, thread_name_prefix="drizzle-task"
         )
         self._fetches: dict[int, asyncio.Future[BlocksFetched]] = {}
+        self._fetch_peers: dict[int, str] = {}
         self._last_submitted: asyncio.Future[None] | None = None
         """Set once the most recently started task is handed to a worker: tasks reach
         the workers in the order the local scheduler started them."""
@@ -213,6 +222,14 @@ class ExecutorActor(Actor):
     def on_peer_unreachable(self, peer: str, error: Exception) -> None:
         if peer == self.driver:
             self._stop(f"driver unreachable: {error}")
+            return
+        self._fail_fetches(peer, f"unreachable: {error}")
+
+    def _fail_fetches(self, peer: str, why: str) -> None:
+        for request_id, holder in list(self._fetch_peers.items()):
+            fut = self._fetches.get(request_id)
+            if holder == peer and fut is not None and not fut.done():
+                fut.set_exception(FetchFailed(f"peer {peer} {why}", peer))
 
     # ------------------------------------------------------------------ messages
 
@@ -230,6 +247,8 @@ class ExecutorActor(Actor):
         elif isinstance(message, LaunchGroup):
             for blob in message.blobs:
                 self.blobs[blob.digest] = blob.data
+            for lost in message.lost_executors:
+                self._fail_fetches(lost, "executor lost")
             self._apply(GroupLaunched(message))
         elif isinstance(message, BlockReady):
             self._apply(BlockNoticed(message))
@@ -237,6 +256,16 @@ class ExecutorActor(Actor):
             self._last_ack = self.node.now()
         elif isinstance(message, CancelGroup):
             self._apply(GroupCancelled(message.group_id))
+        elif isinstance(message, ReplicateBlock):
+            self.store.cached[(message.dataset_id, message.partition)] = serde.loads(message.data)
+            self.node.post(
+                self.driver,
+                "tracker",
+                BlockReady(
+                    message.group_id, message.dataset_id, message.partition, self.executor_id
+                ),
+                self.name,
+            )
         elif isinstance(message, ReleaseBlocks):
             self.store.drop_datasets(message.dataset_ids)
         elif isinstance(message, ExecutorRegistered):
@@ -270,6 +299,12 @@ class ExecutorActor(Actor):
             self.node.post(self.driver, command.target, command.message, self.name)
         elif isinstance(command, DropShuffles):
             self.store.drop_shuffles(command.shuffle_ids)
+        elif isinstance(command, ReplicateCached):
+            data = self.store.get(command.dataset_id, command.partition, -1)
+            if data is not None:
+                copy = ReplicateBlock(command.group_id, command.dataset_id, command.partition, data)
+                for peer in command.peers:
+                    self.node.post(peer, "executor", copy, self.name)
 
     def _serve(self, peer: str, sender: str, request: FetchBlocks) -> None:
         blocks: list[bytes] = []
@@ -299,7 +334,15 @@ class ExecutorActor(Actor):
         try:
             try:
                 shuffle_inputs, remote_cached = await self._fetch_inputs(command)
-            except (FetchFailed, DrizzleError) as exc:
+            except FetchFailed as exc:
+                if exc.peer:
+                    self._apply(InputsLost(spec.task_id, exc.peer, str(exc)))
+                else:
+                    self._apply(
+                        TaskErrored(spec.task_id, "FetchFailed", str(exc), "", retryable=False)
+                    )
+                return
+            except DrizzleError as exc:
                 self._apply(TaskErrored(spec.task_id, "FetchFailed", str(exc), "", retryable=False))
                 return
             env = PreparedEnv(self.store, self.blobs, shuffle_inputs, remote_cached)
@@ -371,7 +414,7 @@ class ExecutorActor(Actor):
             for peer, reply in zip(wanted, replies, strict=True):
                 self.counters["bytes_fetched"] += sum(len(b) for b in reply.blocks)
                 if reply.missing:
-                    raise FetchFailed(f"{len(reply.missing)} block(s) missing on {peer}")
+                    raise FetchFailed(f"{len(reply.missing)} block(s) missing on {peer}", peer)
                 for (kind, key, index), data in zip(slots[peer], reply.blocks, strict=True):
                     if kind == "s":
                         shuffle_inputs[key][index] = data
@@ -383,10 +426,14 @@ class ExecutorActor(Actor):
         request_id = next(self._request_ids)
         fut: asyncio.Future[BlocksFetched] = self.node.loop.create_future()
         self._fetches[request_id] = fut
+        self._fetch_peers[request_id] = peer
         self.node.post(peer, "executor", FetchBlocks(request_id, tuple(keys)), self.name)
         try:
             return await asyncio.wait_for(fut, self.fetch_timeout)
         except TimeoutError:
-            raise FetchFailed(f"fetch from {peer} timed out after {self.fetch_timeout}s") from None
+            raise FetchFailed(
+                f"fetch from {peer} timed out after {self.fetch_timeout}s", peer
+            ) from None
         finally:
             self._fetches.pop(request_id, None)
+            self._fetch_peers.pop(request_id, None)

@@ -17,19 +17,25 @@ from drizzle.actors.internal import (
     GroupCompleted,
     GroupLaunched,
     GroupNotLaunched,
+    GroupNotRecovered,
     GroupPlaced,
+    GroupRecovered,
     PlaceGroup,
+    RecoverWithOutputs,
 )
 from drizzle.actors.node import Actor, Node, UnexpectedMessage
 from drizzle.errors import ClusterError
 from drizzle.scheduler.group import GroupSchedulerState, NoExecutors
+from drizzle.scheduler.recovery import Unrecoverable, plan_recovery
 from drizzle.wire.messages import (
     PROTOCOL_VERSION,
     CancelGroup,
     ExecutorCounters,
     ExecutorRegistered,
+    FetchFailedReport,
     Heartbeat,
     HeartbeatAck,
+    LaunchGroup,
     RegisterExecutor,
     RegistrationRefused,
     StopExecutor,
@@ -60,7 +66,7 @@ def version_mismatch(msg: RegisterExecutor) -> str:
 
 class GroupSchedulerActor(Actor):
     name = "group"
-    handles = (Heartbeat, RegisterExecutor)
+    handles = (Heartbeat, RegisterExecutor, FetchFailedReport)
 
     def __init__(
         self, node: Node, *, heartbeat_interval: float = 0.5, heartbeat_timeout: float = 3.0
@@ -95,13 +101,24 @@ class GroupSchedulerActor(Actor):
                 self.counters[peer] = message.counters
             if self.state.heartbeat(peer, self.node.now()):
                 self.node.post(peer, sender, HeartbeatAck(message.seq), self.name)
+            else:
+                self.node.post(
+                    peer, sender, StopExecutor("this executor was declared lost"), self.name
+                )
+        elif isinstance(message, RecoverWithOutputs):
+            self._recover(message)
+        elif isinstance(message, FetchFailedReport):
+            if self.state.remove(message.peer):
+                self._lost(message.peer, f"fetch failed from {peer}: {message.reason}")
         elif isinstance(message, PlaceGroup):
             self._place(message)
         elif isinstance(message, RegisterExecutor):
             self._register(peer, sender, message)
         elif isinstance(message, GroupCompleted):
             self.state.group_completed(set(message.participants), message.shuffle_ids)
+            self.state.forget_group(message.group_id)
         elif isinstance(message, GroupAborted):
+            self.state.forget_group(message.group_id)
             for executor in message.participants:
                 if executor in self.state.executors:
                     self.node.post(
@@ -166,6 +183,52 @@ class GroupSchedulerActor(Actor):
         for executor, launch in placement.launches.items():
             self.node.post(executor, "executor", launch, self.name)
         self.place_s += time.perf_counter() - began
+
+    def _recover(self, msg: RecoverWithOutputs) -> None:
+        record = self.state.records.get(msg.group_id)
+        if record is None:
+            return
+        alive = sorted(self.state.executors)
+        try:
+            plan = plan_recovery(
+                record, alive, set(msg.lost), set(msg.delivered), msg.map_outputs, msg.blocks
+            )
+        except Unrecoverable as exc:
+            self.node.post(
+                self.node.address, "driver", GroupNotRecovered(msg.group_id, str(exc)), self.name
+            )
+            return
+        record.recoveries += 1
+        targets = (record.participants | set(plan.rerun)) - msg.lost
+        for executor in sorted(targets):
+            if executor not in self.state.executors:
+                continue
+            specs = plan.rerun.get(executor, [])
+            launch = LaunchGroup(
+                msg.group_id,
+                tuple(specs),
+                self.state.blobs_for(executor, specs, record.plan),
+                plan.known_map_outputs if specs else (),
+                (),
+                tuple(sorted(msg.lost)),
+                plan.known_blocks,
+                plan.reroutes,
+            )
+            self.node.post(executor, "executor", launch, self.name)
+        relaunched = sum(len(s) for s in plan.rerun.values())
+        log.warning(
+            "group %d recovered from the loss of %s: %d task(s) run again, %d of them maps",
+            msg.group_id,
+            ", ".join(sorted(msg.lost)),
+            relaunched,
+            plan.recomputed_maps,
+        )
+        self.node.post(
+            self.node.address,
+            "driver",
+            GroupRecovered(msg.group_id, record.participants, plan.recomputed_maps, relaunched),
+            self.name,
+        )
 
     def on_peer_unreachable(self, peer: str, error: Exception) -> None:
         if self.state.remove(peer):

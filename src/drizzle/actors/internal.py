@@ -38,7 +38,7 @@ class GroupLaunched:
 @dataclass(frozen=True, slots=True)
 class GroupPlaced:
     group_id: int
-    produced: dict[BlockId, str]
+    produced: dict[BlockId, tuple[str, ...]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,4 +70,38 @@ class ExecutorJoined:
 @dataclass(frozen=True, slots=True)
 class ExecutorLost:
     executor_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverGroup:
+    """Driver → tracker: a running group lost executors; these results are in."""
+
+    group_id: int
+    lost: frozenset[str]
+    delivered: frozenset[tuple[int, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class RecoverWithOutputs:
+    """Tracker → group scheduler: the recovery request with what survives."""
+
+    group_id: int
+    lost: frozenset[str]
+    delivered: frozenset[tuple[int, int]]
+    map_outputs: dict[int, dict[int, str]]
+    blocks: dict[tuple[int, int], set[str]]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRecovered:
+    group_id: int
+    participants: frozenset[str]
+    recomputed_maps: int
+    relaunched_tasks: int
+
+
+@dataclass(frozen=True, slots=True)
+class GroupNotRecovered:
+    group_id: int
     reason: str

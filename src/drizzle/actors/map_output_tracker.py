@@ -4,15 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from drizzle.actors.internal import ExecutorLost, GroupAborted, GroupCompleted
+from drizzle.actors.internal import (
+    ExecutorLost,
+    GroupAborted,
+    GroupCompleted,
+    RecoverGroup,
+    RecoverWithOutputs,
+)
 from drizzle.actors.node import Actor, Node, UnexpectedMessage
 from drizzle.scheduler.tracker import MapOutputTrackerState
-from drizzle.wire.messages import MapOutputReady
+from drizzle.wire.messages import BlockReady, MapOutputReady
 
 
 class MapOutputTrackerActor(Actor):
     name = "tracker"
-    handles = (MapOutputReady,)
+    handles = (MapOutputReady, BlockReady)
 
     def __init__(self, node: Node) -> None:
         super().__init__(node)
@@ -23,6 +29,25 @@ class MapOutputTrackerActor(Actor):
             if message.executor_id != peer:
                 raise UnexpectedMessage(f"notice from {peer} claims executor {message.executor_id}")
             self.state.record(message)
+        elif isinstance(message, BlockReady):
+            if message.executor_id != peer:
+                raise UnexpectedMessage(
+                    f"block notice from {peer} claims executor {message.executor_id}"
+                )
+            self.state.record_block(message.dataset_id, message.partition, peer)
+        elif isinstance(message, RecoverGroup):
+            self.node.post(
+                self.node.address,
+                "group",
+                RecoverWithOutputs(
+                    message.group_id,
+                    message.lost,
+                    message.delivered,
+                    dict(self.state.outputs_snapshot()),
+                    {k: set(v) for k, v in self.state.blocks.items()},
+                ),
+                self.name,
+            )
         elif isinstance(message, GroupCompleted):
             self.state.release(message.shuffle_ids)
         elif isinstance(message, GroupAborted):

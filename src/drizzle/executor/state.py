@@ -19,9 +19,11 @@ from dataclasses import dataclass, field, replace
 
 from drizzle.wire.messages import (
     BlockReady,
+    FetchFailedReport,
     InlineBlock,
     LaunchGroup,
     MapOutputReady,
+    Reroute,
     TaskFailed,
     TaskResult,
     TaskSpec,
@@ -66,6 +68,16 @@ class TaskErrored:
 
 
 @dataclass(frozen=True, slots=True)
+class InputsLost:
+    """A started task could not fetch its inputs from ``peer``: what ``peer`` held is
+    no longer counted and the task waits again (for a re-announcement)."""
+
+    task_id: int
+    peer: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class GroupCancelled:
     group_id: int
 
@@ -81,6 +93,7 @@ Event = (
     | BlockNoticed
     | TaskSucceeded
     | TaskErrored
+    | InputsLost
     | GroupCancelled
     | ShufflesReleased
 )
@@ -107,10 +120,20 @@ class SendToPeer:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicateCached:
+    """Send copies of a cached partition this executor stored to ``peers``."""
+
+    group_id: int
+    dataset_id: int
+    partition: int
+    peers: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class SendToDriver:
     target: str
     """Driver-side actor: ``tracker`` for notices, ``driver`` for results and failures."""
-    message: MapOutputReady | TaskResult | TaskFailed
+    message: MapOutputReady | BlockReady | TaskResult | TaskFailed | FetchFailedReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +141,7 @@ class DropShuffles:
     shuffle_ids: tuple[int, ...]
 
 
-Command = StartTask | SendToPeer | SendToDriver | DropShuffles
+Command = StartTask | SendToPeer | SendToDriver | DropShuffles | ReplicateCached
 
 # ----------------------------------------------------------------------------- state
 
@@ -185,6 +208,8 @@ class ExecutorState:
             )
         elif isinstance(event, TaskErrored):
             self._on_error(event, out)
+        elif isinstance(event, InputsLost):
+            self._on_inputs_lost(event, out)
         elif isinstance(event, GroupCancelled):
             self._on_cancel(event.group_id)
         elif isinstance(event, ShufflesReleased):
@@ -206,10 +231,91 @@ class ExecutorState:
     def _on_launch(self, launch: LaunchGroup, out: list[Command]) -> None:
         if launch.release_shuffles:
             self._release(launch.release_shuffles, out)
+        if launch.lost_executors:
+            self._forget(set(launch.lost_executors))
         for loc in launch.known_map_outputs:
-            self.map_outputs[loc.shuffle_id].setdefault(loc.map_id, loc.executor_id)
+            self._on_map_output(
+                MapOutputReady(launch.group_id, loc.shuffle_id, loc.map_id, loc.executor_id, ()),
+                out,
+                counted=False,
+            )
+        for block in launch.known_blocks:
+            self._on_block(block.dataset_id, block.partition, block.executor_id)
+        for reroute in launch.reroutes:
+            self._reroute(launch.group_id, reroute, out)
         for spec in launch.tasks:
             self._register(launch.group_id, spec)
+
+    # ------------------------------------------------------------------ recovery
+
+    def _forget(self, lost: set[str]) -> None:
+        """Stop counting map outputs and cached partitions held by ``lost`` executors."""
+        touched_shuffles = set()
+        for shuffle_id, outputs in self.map_outputs.items():
+            for map_id in [m for m, e in outputs.items() if e in lost]:
+                del outputs[map_id]
+                touched_shuffles.add(shuffle_id)
+        touched_blocks = {key for key, e in self.blocks.items() if e in lost}
+        for key in touched_blocks:
+            del self.blocks[key]
+        if not touched_shuffles and not touched_blocks:
+            return
+        for task in self.tasks.values():
+            if task.state not in ("waiting", "runnable"):
+                continue
+            spec = task.spec
+            for inp in spec.shuffle_inputs:
+                if inp.shuffle_id in touched_shuffles and (
+                    len(self.map_outputs.get(inp.shuffle_id, ())) < inp.num_maps
+                ):
+                    task.missing_shuffles.add(inp.shuffle_id)
+                    self._waiting_on_shuffle[inp.shuffle_id].add(spec.task_id)
+            for b in spec.block_inputs:
+                key = (b.dataset_id, b.partition)
+                if key in touched_blocks and key not in self.blocks:
+                    task.missing_blocks.add(key)
+                    self._waiting_on_block[key].add(spec.task_id)
+            if task.state == "runnable" and (task.missing_shuffles or task.missing_blocks):
+                task.state = "waiting"  # its heap entry is skipped when popped
+
+    def _reroute(self, group_id: int, reroute: Reroute, out: list[Command]) -> None:
+        """Unfinished map tasks of the shuffle notify the new readers; finished outputs
+        held here are announced to them again."""
+        for task in self.tasks.values():
+            output = task.spec.shuffle_output
+            if output is None or output.shuffle_id != reroute.shuffle_id:
+                continue
+            if task.state != "done":
+                task.spec = replace(
+                    task.spec,
+                    shuffle_output=replace(
+                        output, notify=reroute.notify, notify_partitions=reroute.notify_partitions
+                    ),
+                )
+        for map_id, holder in self.map_outputs.get(reroute.shuffle_id, {}).items():
+            if holder != self.executor_id:
+                continue
+            notice = MapOutputReady(group_id, reroute.shuffle_id, map_id, holder, ())
+            for peer in reroute.notify:
+                if peer != self.executor_id:
+                    out.append(SendToPeer(peer, notice))
+
+    def _on_inputs_lost(self, event: InputsLost, out: list[Command]) -> None:
+        task = self.tasks.get(event.task_id)
+        if task is None or task.state != "running":
+            return
+        self._running -= 1
+        self._pending[(task.group_id, task.spec.batch)] += 1
+        task.state = "runnable"
+        self._forget({event.peer})
+        if task.state == "runnable":  # nothing it needs was at the peer: try again
+            self._make_runnable(task)
+        out.append(
+            SendToDriver(
+                "group",
+                FetchFailedReport(task.group_id, task.spec.task_id, event.peer, event.reason),
+            )
+        )
 
     def _register(self, group_id: int, spec: TaskSpec) -> None:
         if spec.task_id in self.tasks:
@@ -235,8 +341,11 @@ class ExecutorState:
         if not missing_shuffles and not missing_blocks:
             self._make_runnable(task)
 
-    def _on_map_output(self, notice: MapOutputReady, out: list[Command]) -> None:
-        self.stats.notices_received += 1
+    def _on_map_output(
+        self, notice: MapOutputReady, out: list[Command], *, counted: bool = True
+    ) -> None:
+        if counted:
+            self.stats.notices_received += 1
         outputs = self.map_outputs[notice.shuffle_id]
         outputs[notice.map_id] = notice.executor_id  # a re-run map may move; never double count
         needed = self._num_maps.get(notice.shuffle_id)
@@ -274,6 +383,12 @@ class ExecutorState:
             for peer in dict.fromkeys(block.notify):
                 if peer != self.executor_id:
                     out.append(SendToPeer(peer, notice))
+            replicas = tuple(p for p in dict.fromkeys(block.replicas) if p != self.executor_id)
+            if replicas:
+                out.append(
+                    ReplicateCached(task.group_id, block.dataset_id, block.partition, replicas)
+                )
+            out.append(SendToDriver("tracker", notice))
         if spec.shuffle_output is not None:
             notice_m = MapOutputReady(
                 task.group_id,

@@ -44,8 +44,8 @@ class GroupPlan:
     batches: tuple[BatchPlan, ...]
     payloads: dict[str, bytes]
     blobs: dict[str, bytes]
-    materialized: dict[BlockId, str]
-    """Locations of the cached partitions the plan reads from earlier groups."""
+    materialized: dict[BlockId, tuple[str, ...]]
+    """Locations (copies) of the cached partitions the plan reads from earlier groups."""
 
     @property
     def shuffle_ids(self) -> tuple[int, ...]:
@@ -57,9 +57,10 @@ class GroupPlan:
 @dataclass
 class DagState:
     ids: IdAllocator = field(default_factory=IdAllocator)
-    materialized: dict[BlockId, str] = field(default_factory=dict)
-    pending: dict[int, dict[BlockId, str]] = field(default_factory=dict)
-    """Group id → cached partitions its tasks will write, with their executor."""
+    materialized: dict[BlockId, tuple[str, ...]] = field(default_factory=dict)
+    """Cached partitions that exist, with the executors holding a copy."""
+    pending: dict[int, dict[BlockId, tuple[str, ...]]] = field(default_factory=dict)
+    """Group id → cached partitions its tasks will write, with their executors."""
 
     def plan_group(self, group_id: int, requests: Sequence[BatchRequest]) -> GroupPlan:
         """Plan as many of ``requests`` as share the first one's shape (at least one)."""
@@ -97,7 +98,7 @@ class DagState:
             {block: self.materialized[block] for block in reads},
         )
 
-    def group_placed(self, group_id: int, produced: dict[BlockId, str]) -> None:
+    def group_placed(self, group_id: int, produced: dict[BlockId, tuple[str, ...]]) -> None:
         self.pending[group_id] = produced
 
     def group_completed(self, group_id: int) -> None:
@@ -107,8 +108,14 @@ class DagState:
         self.pending.pop(group_id, None)
 
     def executor_lost(self, executor_id: str) -> None:
-        for block in [b for b, e in self.materialized.items() if e == executor_id]:
-            del self.materialized[block]
+        for tables in (self.materialized, *self.pending.values()):
+            for block, holders in list(tables.items()):
+                if executor_id in holders:
+                    rest = tuple(e for e in holders if e != executor_id)
+                    if rest:
+                        tables[block] = rest
+                    else:
+                        del tables[block]
 
     def datasets_released(self, dataset_ids: set[int]) -> None:
         for block in [b for b in self.materialized if b[0] in dataset_ids]:

@@ -14,6 +14,7 @@ Pure: no I/O; the time comes in with the events.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from drizzle.plan import BlockId
@@ -42,8 +43,8 @@ class Placement:
     """The outcome of placing one group."""
 
     launches: dict[str, LaunchGroup]
-    produced: dict[BlockId, str]
-    """Cached partitions the group writes → executor."""
+    produced: dict[BlockId, tuple[str, ...]]
+    """Cached partitions the group writes → executors holding them (with copies)."""
     result_tasks: dict[int, int]
     """Micro-batch → number of result partitions."""
     num_tasks: int
@@ -61,6 +62,11 @@ class GroupSchedulerState:
     to_release: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
     next_task_id: int = 0
     launches_sent: int = 0
+    cache_replicas: int = 1
+    """Copies of each cached partition kept on other executors, so that losing one
+    executor does not lose state that later micro-batches read."""
+    records: dict[int, GroupRecord] = field(default_factory=dict)
+    """Running groups, for recovery."""
 
     # ------------------------------------------------------------------ membership
 
@@ -101,16 +107,16 @@ class GroupSchedulerState:
         order = sorted(self.executors)
         if not order:
             raise NoExecutors("no executors are registered")
+
+        def alive_copy(block: BlockId) -> str:
+            return next((e for e in plan.materialized.get(block, ()) if e in self.executors), "")
+
         first = plan.batches[0]
         where: dict[tuple[int, int], str] = {}
         cursor = 0
         for stage in reversed(first.stages):  # downstream first
             for partition, deps in enumerate(stage.tasks):
-                preferred = [
-                    plan.materialized[b]
-                    for b in deps.cache_reads
-                    if plan.materialized.get(b) in self.executors
-                ]
+                preferred = [alive_copy(b) for b in deps.cache_reads if alive_copy(b)]
                 if preferred:
                     where[(stage.position, partition)] = preferred[0]
                 else:
@@ -130,9 +136,9 @@ class GroupSchedulerState:
                         if block not in plan.materialized:
                             block_readers[block].add(executor)
 
+        record = GroupRecord(plan)
         tasks: dict[str, list[TaskSpec]] = defaultdict(list)
-        needed: dict[str, list[str]] = defaultdict(list)
-        produced: dict[BlockId, str] = {}
+        produced: dict[BlockId, tuple[str, ...]] = {}
         result_tasks: dict[int, int] = {}
         for batch in plan.batches:
             for stage in batch.stages:
@@ -140,17 +146,14 @@ class GroupSchedulerState:
                     result_tasks[batch.batch] = stage.num_partitions
                 for partition, deps in enumerate(stage.tasks):
                     executor = where[(stage.position, partition)]
+                    replicas = self._replicas(order, executor)
                     for block in deps.cache_writes:
-                        produced[block] = executor
+                        produced[block] = (executor, *replicas)
                     shuffle_output = None
                     if stage.shuffle_id is not None:
                         readers = shuffle_readers.get(stage.shuffle_id, {})
-                        notify = tuple(sorted(readers))
-                        shuffle_output = ShuffleOutput(
-                            stage.shuffle_id,
-                            stage.num_reducers,
-                            notify,
-                            tuple(tuple(sorted(readers[e])) for e in notify),
+                        shuffle_output = _shuffle_output(
+                            stage.shuffle_id, stage.num_reducers, readers
                         )
                     spec = TaskSpec(
                         task_id=self.next_task_id,
@@ -162,13 +165,15 @@ class GroupSchedulerState:
                         blobs=tuple(deps.blobs),
                         shuffle_inputs=tuple(ShuffleInput(*r) for r in deps.shuffle_reads),
                         block_inputs=tuple(
-                            BlockInput(d, p, plan.materialized.get((d, p), ""))
-                            for d, p in deps.cache_reads
+                            BlockInput(d, p, alive_copy((d, p))) for d, p in deps.cache_reads
                         ),
                         shuffle_output=shuffle_output,
                         block_outputs=tuple(
                             BlockOutput(
-                                d, p, tuple(sorted(block_readers.get((d, p), set()) - {executor}))
+                                d,
+                                p,
+                                tuple(sorted(block_readers.get((d, p), set()) - {executor})),
+                                replicas,
                             )
                             for d, p in deps.cache_writes
                         ),
@@ -176,21 +181,85 @@ class GroupSchedulerState:
                     )
                     self.next_task_id += 1
                     tasks[executor].append(spec)
-                    needed[executor].append(stage.payload)
-                    needed[executor].extend(deps.blobs)
+                    record.add(spec, executor, stage.position)
 
         launches: dict[str, LaunchGroup] = {}
         for executor, specs in tasks.items():
-            sent = self.blobs_sent[executor]
-            blobs = []
-            for digest in dict.fromkeys(needed[executor]):
+            release = tuple(self.to_release.pop(executor, ()))
+            launches[executor] = LaunchGroup(
+                plan.group_id, tuple(specs), self.blobs_for(executor, specs, plan), (), release
+            )
+        self.launches_sent += len(launches)
+        self.records[plan.group_id] = record
+        return Placement(launches, produced, result_tasks, sum(len(t) for t in tasks.values()))
+
+    def blobs_for(
+        self, executor: str, specs: Iterable[TaskSpec], plan: GroupPlan
+    ) -> tuple[Blob, ...]:
+        """The payloads and data blobs of ``specs`` that ``executor`` was never sent."""
+        sent = self.blobs_sent[executor]
+        blobs = []
+        for spec in specs:
+            for digest in (spec.payload, *spec.blobs):
                 if digest not in sent:
                     data = plan.payloads.get(digest)
                     if data is None:
                         data = plan.blobs[digest]
                     blobs.append(Blob(digest, data))
                     sent.add(digest)
-            release = tuple(self.to_release.pop(executor, ()))
-            launches[executor] = LaunchGroup(plan.group_id, tuple(specs), tuple(blobs), (), release)
-        self.launches_sent += len(launches)
-        return Placement(launches, produced, result_tasks, sum(len(t) for t in tasks.values()))
+        return tuple(blobs)
+
+    def _replicas(self, order: list[str], executor: str) -> tuple[str, ...]:
+        """Where copies of a cached partition written on ``executor`` go (the next one)."""
+        if self.cache_replicas <= 0 or len(order) < 2:
+            return ()
+        start = order.index(executor) if executor in order else 0
+        count = min(self.cache_replicas, len(order) - 1)
+        return tuple(order[(start + k) % len(order)] for k in range(1, count + 1))
+
+    def forget_group(self, group_id: int) -> None:
+        self.records.pop(group_id, None)
+
+
+def _shuffle_output(
+    shuffle_id: int, num_reducers: int, readers: dict[str, set[int]]
+) -> ShuffleOutput:
+    notify = tuple(sorted(readers))
+    return ShuffleOutput(
+        shuffle_id, num_reducers, notify, tuple(tuple(sorted(readers[e])) for e in notify)
+    )
+
+
+@dataclass
+class PlacedTask:
+    spec: TaskSpec
+    executor: str
+    position: int
+
+
+@dataclass
+class GroupRecord:
+    """What the group scheduler remembers of a running group, for its recovery."""
+
+    plan: GroupPlan
+    tasks: dict[int, PlacedTask] = field(default_factory=dict)
+    map_task: dict[tuple[int, int], int] = field(default_factory=dict)
+    """(shuffle id, map id) → task id."""
+    producer: dict[BlockId, int] = field(default_factory=dict)
+    """Cached partition written in this group → task id."""
+    result_task: dict[tuple[int, int], int] = field(default_factory=dict)
+    """(micro-batch, partition) → task id."""
+    recoveries: int = 0
+
+    def add(self, spec: TaskSpec, executor: str, position: int) -> None:
+        self.tasks[spec.task_id] = PlacedTask(spec, executor, position)
+        if spec.shuffle_output is not None:
+            self.map_task[(spec.shuffle_output.shuffle_id, spec.partition)] = spec.task_id
+        for block in spec.block_outputs:
+            self.producer[(block.dataset_id, block.partition)] = spec.task_id
+        if spec.is_result:
+            self.result_task[(spec.batch, spec.partition)] = spec.task_id
+
+    @property
+    def participants(self) -> frozenset[str]:
+        return frozenset(t.executor for t in self.tasks.values())

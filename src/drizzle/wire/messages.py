@@ -63,6 +63,8 @@ class BlockOutput:
     dataset_id: int
     partition: int
     notify: tuple[str, ...]
+    replicas: tuple[str, ...] = ()
+    """Executors that keep a copy, so that losing this one does not lose the partition."""
 
 
 @record
@@ -148,6 +150,26 @@ class MapLocation:
     executor_id: str
 
 
+@record
+@dataclass(frozen=True, slots=True)
+class BlockLocation:
+    """Where a cached partition lives; carried by recovery launches."""
+
+    dataset_id: int
+    partition: int
+    executor_id: str
+
+
+@record
+@dataclass(frozen=True, slots=True)
+class Reroute:
+    """New readers of a shuffle: map tasks not yet finished notify these instead."""
+
+    shuffle_id: int
+    notify: tuple[str, ...]
+    notify_partitions: tuple[tuple[int, ...], ...]
+
+
 # ------------------------------------------------------------------ membership (exec ↔ group)
 
 
@@ -226,6 +248,10 @@ class LaunchGroup:
     blobs: tuple[Blob, ...]
     known_map_outputs: tuple[MapLocation, ...]
     release_shuffles: tuple[int, ...]
+    lost_executors: tuple[str, ...] = ()
+    """Recovery: executors that are gone; what they held is no longer counted."""
+    known_blocks: tuple[BlockLocation, ...] = ()
+    reroutes: tuple[Reroute, ...] = ()
 
 
 @message(11)
@@ -279,6 +305,28 @@ class FetchBlocks:
 
     request_id: int
     keys: tuple[BlockKey, ...]
+
+
+@message(24)
+@dataclass(frozen=True, slots=True)
+class ReplicateBlock:
+    """A copy of a cached partition to keep; the receiver announces it to the tracker."""
+
+    group_id: int
+    dataset_id: int
+    partition: int
+    data: bytes
+
+
+@message(25)
+@dataclass(frozen=True, slots=True)
+class FetchFailedReport:
+    """An executor could not fetch blocks from ``peer``; the driver side decides."""
+
+    group_id: int
+    task_id: int
+    peer: str
+    reason: str
 
 
 @message(23)
