@@ -109,6 +109,23 @@ class Context:
             raise DrizzleError("the context is not running; use 'async with Context(...)'")
         return self._cluster
 
+    def executors(self) -> list[str]:
+        """Ids (addresses) of the executors currently registered."""
+        driver = self.cluster.driver
+        assert driver is not None
+        return sorted(driver.executors)
+
+    def decommission(self, executor_id: str) -> None:
+        """Let an executor leave at its next group boundary, without recomputation.
+
+        It gets no work from the next group on and is told to stop once no running
+        group uses it. Raises ``ValueError`` for an unknown executor.
+        """
+        group = self.cluster.group
+        assert group is not None
+        if not group.decommission(executor_id, "decommissioned by the driver"):
+            raise ValueError(f"no executor {executor_id!r}; see Context.executors()")
+
     def _next_dataset_id(self) -> int:
         return next(self._dataset_ids)
 

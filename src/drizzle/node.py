@@ -3,7 +3,8 @@
 Roles:
   executor   join a driver and run tasks until told to stop, the driver goes
              silent for longer than the heartbeat timeout, or the parent process
-             (``--parent-pid``) exits.
+             (``--parent-pid``) exits. SIGTERM makes it leave gracefully at the next
+             group boundary (no recomputation); a second SIGTERM stops it at once.
 
 The driver itself runs inside the user's program: ``Context(master="tcp://host:port")``.
 """
@@ -15,6 +16,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -131,6 +133,8 @@ async def run_executor(args: argparse.Namespace) -> int:
         await actor.register()
         if args.parent_pid:
             node.spawn(_watch_parent(args.parent_pid, actor), name="parent watch")
+        # SIGTERM: leave gracefully at the next group boundary; a second one: at once.
+        node.loop.add_signal_handler(signal.SIGTERM, actor.leave, "SIGTERM")
         reason = await actor.stopped
         log.info("executor stopped: %s", reason)
         return 0

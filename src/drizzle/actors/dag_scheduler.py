@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from drizzle.actors.internal import (
+    ExecutorLeft,
     ExecutorLost,
     GroupAborted,
     GroupCompleted,
@@ -49,7 +50,7 @@ class DagSchedulerActor(Actor):
             self.state.group_completed(message.group_id)
         elif isinstance(message, GroupAborted):
             self.state.group_aborted(message.group_id)
-        elif isinstance(message, ExecutorLost):
+        elif isinstance(message, (ExecutorLeft, ExecutorLost)):
             self.state.executor_lost(message.executor_id)
         else:
             raise UnexpectedMessage(f"dag does not handle {type(message).__name__}")

@@ -19,6 +19,7 @@ from typing import Any
 from drizzle import serde
 from drizzle.actors.internal import (
     ExecutorJoined,
+    ExecutorLeft,
     ExecutorLost,
     GroupAborted,
     GroupCompleted,
@@ -143,6 +144,9 @@ class DriverActor(Actor):
                 run.launched.set_exception(message.error)
         elif isinstance(message, ExecutorJoined):
             self.executors[message.executor_id] = message.cores
+            self._membership.set()
+        elif isinstance(message, ExecutorLeft):
+            self.executors.pop(message.executor_id, None)
             self._membership.set()
         elif isinstance(message, ExecutorLost):
             self.executors.pop(message.executor_id, None)

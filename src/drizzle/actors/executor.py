@@ -51,6 +51,7 @@ from drizzle.wire.messages import (
     CancelGroup,
     ErrorReply,
     ExecutorCounters,
+    ExecutorLeaving,
     ExecutorRegistered,
     FetchBlocks,
     Heartbeat,
@@ -132,6 +133,7 @@ class ExecutorActor(Actor):
         self._request_ids = itertools.count()
         self._registered: asyncio.Future[ExecutorRegistered] = node.loop.create_future()
         self.stopped: asyncio.Future[str] = node.loop.create_future()
+        self._leaving = False
         self._heartbeat_seq = 0
         self._last_ack = 0.0
         self.counters = {
@@ -191,6 +193,14 @@ class ExecutorActor(Actor):
             await asyncio.sleep(interval)
             if self.node.now() - self._last_ack > silence_limit:
                 self._stop(f"driver silent for more than {silence_limit:.1f}s")
+
+    def leave(self, reason: str = "asked to leave") -> None:
+        """Ask to leave at the next group boundary; a second call stops at once."""
+        if self._leaving:
+            self._stop(f"{reason} (again): stopping now")
+            return
+        self._leaving = True
+        self.node.post(self.driver, "group", ExecutorLeaving(self.executor_id, reason), self.name)
 
     def snapshot(self) -> ExecutorCounters:
         c, stats = self.counters, self.state.stats

@@ -12,6 +12,7 @@ import cloudpickle
 from drizzle import __version__
 from drizzle.actors.internal import (
     ExecutorJoined,
+    ExecutorLeft,
     ExecutorLost,
     GroupAborted,
     GroupCompleted,
@@ -31,6 +32,7 @@ from drizzle.wire.messages import (
     PROTOCOL_VERSION,
     CancelGroup,
     ExecutorCounters,
+    ExecutorLeaving,
     ExecutorRegistered,
     FetchFailedReport,
     Heartbeat,
@@ -66,7 +68,7 @@ def version_mismatch(msg: RegisterExecutor) -> str:
 
 class GroupSchedulerActor(Actor):
     name = "group"
-    handles = (Heartbeat, RegisterExecutor, FetchFailedReport)
+    handles = (Heartbeat, RegisterExecutor, FetchFailedReport, ExecutorLeaving)
 
     def __init__(
         self, node: Node, *, heartbeat_interval: float = 0.5, heartbeat_timeout: float = 3.0
@@ -105,6 +107,8 @@ class GroupSchedulerActor(Actor):
                 self.node.post(
                     peer, sender, StopExecutor("this executor was declared lost"), self.name
                 )
+        elif isinstance(message, ExecutorLeaving):
+            self.decommission(peer, message.reason)
         elif isinstance(message, RecoverWithOutputs):
             self._recover(message)
         elif isinstance(message, FetchFailedReport):
@@ -117,8 +121,10 @@ class GroupSchedulerActor(Actor):
         elif isinstance(message, GroupCompleted):
             self.state.group_completed(set(message.participants), message.shuffle_ids)
             self.state.forget_group(message.group_id)
+            self._release_drained()
         elif isinstance(message, GroupAborted):
             self.state.forget_group(message.group_id)
+            self._release_drained()
             for executor in message.participants:
                 if executor in self.state.executors:
                     self.node.post(
@@ -183,6 +189,20 @@ class GroupSchedulerActor(Actor):
         for executor, launch in placement.launches.items():
             self.node.post(executor, "executor", launch, self.name)
         self.place_s += time.perf_counter() - began
+
+    def decommission(self, executor_id: str, reason: str) -> bool:
+        """Let an executor leave at its next group boundary, without recomputation."""
+        if not self.state.drain(executor_id):
+            return False
+        log.info("executor %s leaving: %s", executor_id, reason)
+        self._release_drained()
+        return True
+
+    def _release_drained(self) -> None:
+        for executor_id in self.state.drained():
+            self.node.post(executor_id, "executor", StopExecutor("decommissioned"), self.name)
+            for target in DRIVER_SIDE:
+                self.node.post(self.node.address, target, ExecutorLeft(executor_id), self.name)
 
     def _recover(self, msg: RecoverWithOutputs) -> None:
         record = self.state.records.get(msg.group_id)

@@ -105,3 +105,10 @@ class GroupRecovered:
 class GroupNotRecovered:
     group_id: int
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutorLeft:
+    """An executor left gracefully at a group boundary (nothing to recover)."""
+
+    executor_id: str

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from drizzle.actors.internal import (
+    ExecutorLeft,
     ExecutorLost,
     GroupAborted,
     GroupCompleted,
@@ -52,7 +53,7 @@ class MapOutputTrackerActor(Actor):
             self.state.release(message.shuffle_ids)
         elif isinstance(message, GroupAborted):
             pass
-        elif isinstance(message, ExecutorLost):
+        elif isinstance(message, (ExecutorLeft, ExecutorLost)):
             self.state.executor_lost(message.executor_id)
         else:
             raise UnexpectedMessage(f"tracker does not handle {type(message).__name__}")

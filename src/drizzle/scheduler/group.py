@@ -67,6 +67,8 @@ class GroupSchedulerState:
     executor does not lose state that later micro-batches read."""
     records: dict[int, GroupRecord] = field(default_factory=dict)
     """Running groups, for recovery."""
+    draining: set[str] = field(default_factory=set)
+    """Executors leaving gracefully: placed no more, stopped once their groups end."""
 
     # ------------------------------------------------------------------ membership
 
@@ -91,7 +93,23 @@ class GroupSchedulerState:
             self.remove(e)
         return dead
 
+    def drain(self, executor_id: str) -> bool:
+        """Place no more work on the executor; True if it was registered."""
+        if executor_id not in self.executors:
+            return False
+        self.draining.add(executor_id)
+        return True
+
+    def drained(self) -> list[str]:
+        """Draining executors that no running group uses any more; they are removed."""
+        busy = {e for record in self.records.values() for e in record.participants}
+        done = [e for e in self.draining if e not in busy]
+        for e in done:
+            self.remove(e)
+        return done
+
     def remove(self, executor_id: str) -> bool:
+        self.draining.discard(executor_id)
         self.blobs_sent.pop(executor_id, None)
         self.to_release.pop(executor_id, None)
         return self.executors.pop(executor_id, None) is not None
@@ -104,7 +122,7 @@ class GroupSchedulerState:
     # ------------------------------------------------------------------ placement
 
     def place(self, plan: GroupPlan) -> Placement:
-        order = sorted(self.executors)
+        order = sorted(e for e in self.executors if e not in self.draining)
         if not order:
             raise NoExecutors("no executors are registered")
 

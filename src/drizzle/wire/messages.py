@@ -222,6 +222,16 @@ class HeartbeatAck:
     seq: int
 
 
+@message(7)
+@dataclass(frozen=True, slots=True)
+class ExecutorLeaving:
+    """The executor asks to leave gracefully: no new work; it is told to stop once the
+    groups it takes part in are over."""
+
+    executor_id: str
+    reason: str
+
+
 @message(6)
 @dataclass(frozen=True, slots=True)
 class StopExecutor:
