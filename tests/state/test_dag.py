@@ -307,7 +307,7 @@ def test_partially_materialized_cache_is_recomputed() -> None:
     ctx = StubCtx()
     cached = ParallelizedDataset(ctx, range(40), 2).map(_double).cache()
     dag = DagState()
-    dag.materialized[(cached.id, 0)] = "e0"  # partition 1 is missing
+    dag.materialized[(cached.id, 0)] = ("e0",)  # partition 1 is missing
     plan = dag.plan_group(0, requests([cached.map(_double)]))
     assert [t.cache_writes for t in plan.batches[0].stages[0].tasks] == [
         [(cached.id, 0)],
@@ -327,7 +327,8 @@ def test_materialized_cache_from_an_earlier_group_and_its_loss() -> None:
     placement = gs.place(plan0)
     dag.group_placed(0, placement.produced)
     dag.group_completed(0)
-    assert dag.materialized == {(cached.id, 0): "e0", (cached.id, 1): "e1"}
+    # Each partition on its writer (primary) and a copy on the other executor.
+    assert dag.materialized == {(cached.id, 0): ("e0", "e1"), (cached.id, 1): ("e1", "e0")}
 
     plan1 = dag.plan_group(1, requests([cached.map(_double)], 1))
     assert plan1.materialized == dag.materialized
@@ -336,10 +337,22 @@ def test_materialized_cache_from_an_earlier_group_and_its_loss() -> None:
         [(cached.id, 1)],
     ]
 
+    # Losing one executor loses no partition: the copies on e0 remain.
     dag.executor_lost("e1")
+    assert dag.materialized == {(cached.id, 0): ("e0",), (cached.id, 1): ("e0",)}
     plan2 = dag.plan_group(2, requests([cached.map(_double)], 2))
-    assert plan2.materialized == {}
-    assert plan2.batches[0].stages[0].tasks[1].cache_writes == [(cached.id, 1)]
+    assert plan2.materialized == dag.materialized
+    assert [t.cache_writes for t in plan2.batches[0].stages[0].tasks] == [[], []]
+
+    # Losing the last copy forgets the partitions: a later plan recomputes them.
+    dag.executor_lost("e0")
+    assert dag.materialized == {}
+    plan3 = dag.plan_group(3, requests([cached.map(_double)], 3))
+    assert plan3.materialized == {}
+    assert [t.cache_writes for t in plan3.batches[0].stages[0].tasks] == [
+        [(cached.id, 0)],
+        [(cached.id, 1)],
+    ]
 
     dag.datasets_released({cached.id})
     assert dag.materialized == {}
@@ -349,7 +362,7 @@ def test_aborted_group_does_not_materialize() -> None:
     ctx = StubCtx()
     cached = ParallelizedDataset(ctx, range(40), 2).cache()
     dag = DagState()
-    dag.group_placed(0, {(cached.id, 0): "e0", (cached.id, 1): "e0"})
+    dag.group_placed(0, {(cached.id, 0): ("e0", "e1"), (cached.id, 1): ("e0", "e1")})
     dag.group_aborted(0)
     dag.group_completed(0)
     assert dag.materialized == {}

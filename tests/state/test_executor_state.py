@@ -18,6 +18,7 @@ from drizzle.executor.state import (
     GroupCancelled,
     GroupLaunched,
     MapOutputNoticed,
+    ReplicateCached,
     SendToDriver,
     SendToPeer,
     ShufflesReleased,
@@ -517,14 +518,18 @@ def test_block_input_with_location_is_runnable_at_once() -> None:
 
 def test_block_written_by_a_local_task_wakes_its_reader() -> None:
     state = ExecutorState(ME, cores=1, barrier=False)
-    writer = spec(1, batch=0, block_outputs=(BlockOutput(9, 0, ("e2", ME)),))
+    writer = spec(1, batch=0, block_outputs=(BlockOutput(9, 0, ("e2", ME), ("e3", ME)),))
     reader = spec(2, batch=1, stage=1, block_inputs=(BlockInput(9, 0, ""),))
     assert state.handle(launch(0, writer, reader)) == [start(writer)]
     out = state.handle(TaskSucceeded(1, value=b"w"))
+    # Remote readers and the tracker hear of the partition; a copy goes to the replica
+    # (never to itself); the local reader starts at once.
     assert same_commands(
         out,
         [
             SendToPeer("e2", BlockReady(0, 9, 0, ME)),
+            ReplicateCached(0, 9, 0, ("e3",)),
+            SendToDriver("tracker", BlockReady(0, 9, 0, ME)),
             SendToDriver("driver", result_of(writer, b"w")),
             start(reader, blocks={(9, 0): ME}),
         ],

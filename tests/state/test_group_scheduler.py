@@ -241,13 +241,15 @@ def test_task_reading_a_materialized_partition_goes_where_it_is() -> None:
     cached = ParallelizedDataset(ctx, range(40), 4).map(_double).cache()
     dag = DagState()
     gs = scheduler("e0", "e1", "e2", "e3")
-    located = {0: "e2", 1: "e0", 2: "e3", 3: "e1"}
+    # Primary first, then the copy; the task follows the primary.
+    located = {0: ("e2", "e3"), 1: ("e0", "e1"), 2: ("e3", "e0"), 3: ("e1", "e2")}
     dag.materialized.update({(cached.id, p): e for p, e in located.items()})
     plan = dag.plan_group(0, requests([cached.map(_double)]))
     assert plan.materialized == {(cached.id, p): e for p, e in located.items()}
     placement = gs.place(plan)
+    assert len(list(all_tasks(placement))) == 4
     for e, t in all_tasks(placement):
-        assert e == located[t.partition]
+        assert e == located[t.partition][0]
         [inp] = t.block_inputs
         assert (inp.dataset_id, inp.partition, inp.location) == (cached.id, t.partition, e)
         assert t.blobs == ()
@@ -257,10 +259,25 @@ def test_materialized_partition_on_an_unknown_executor_falls_back_to_round_robin
     ctx = StubCtx()
     cached = ParallelizedDataset(ctx, range(40), 2).cache()
     dag = DagState()
-    dag.materialized.update({(cached.id, 0): "gone", (cached.id, 1): "e0"})
+    dag.materialized.update({(cached.id, 0): ("gone",), (cached.id, 1): ("e0",)})
     plan = dag.plan_group(0, requests([cached.map(_double)]))
-    where = layout(plan, scheduler("e0", "e1").place(plan))
+    placement = scheduler("e0", "e1").place(plan)
+    where = layout(plan, placement)
     assert where == {(0, 0, 0): "e0", (0, 0, 1): "e0"}
+    locations = {t.partition: t.block_inputs[0].location for _, t in all_tasks(placement)}
+    assert locations == {0: "", 1: "e0"}
+
+
+def test_materialized_partition_whose_primary_is_gone_follows_its_copy() -> None:
+    ctx = StubCtx()
+    cached = ParallelizedDataset(ctx, range(40), 2).cache()
+    dag = DagState()
+    dag.materialized.update({(cached.id, 0): ("gone", "e1"), (cached.id, 1): ("e0", "e1")})
+    plan = dag.plan_group(0, requests([cached.map(_double)]))
+    placement = scheduler("e0", "e1").place(plan)
+    assert layout(plan, placement) == {(0, 0, 0): "e1", (0, 0, 1): "e0"}
+    locations = {t.partition: t.block_inputs[0].location for _, t in all_tasks(placement)}
+    assert locations == {0: "e1", 1: "e0"}
 
 
 def test_cached_partitions_written_by_a_group_are_read_in_place_by_the_next() -> None:
@@ -271,6 +288,16 @@ def test_cached_partitions_written_by_a_group_are_read_in_place_by_the_next() ->
     plan0 = dag.plan_group(0, requests([cached.map(_pair).reduce_by_key(operator.add, 2)]))
     p0 = gs.place(plan0)
     assert set(p0.produced) == {(cached.id, p) for p in range(4)}
+    order = ["e0", "e1", "e2"]
+    writers = {
+        (t.block_outputs[0].dataset_id, t.block_outputs[0].partition): e
+        for e, t in all_tasks(p0)
+        if t.block_outputs
+    }
+    for block, holders in p0.produced.items():
+        # Primary (the writer) first, then one copy on the next executor in order.
+        primary = writers[block]
+        assert holders == (primary, order[(order.index(primary) + 1) % 3])
     dag.group_placed(0, p0.produced)
     assert dag.materialized == {}
     dag.group_completed(0)
@@ -281,7 +308,8 @@ def test_cached_partitions_written_by_a_group_are_read_in_place_by_the_next() ->
     assert p1.produced == {}
     for e, t in all_tasks(p1):
         for inp in t.block_inputs:
-            assert inp.location == p0.produced[(inp.dataset_id, inp.partition)] == e
+            assert inp.location == p0.produced[(inp.dataset_id, inp.partition)][0] == e
+    assert sum(len(t.block_inputs) for _, t in all_tasks(p1)) == 4
 
 
 def test_block_output_notifies_remote_readers_of_the_same_group() -> None:
@@ -301,10 +329,11 @@ def test_block_output_notifies_remote_readers_of_the_same_group() -> None:
             assert (out.dataset_id, out.partition) == (cached.id, t.partition)
             assert out.notify == (where[(1, 0, t.partition + 2)],)
             assert e not in out.notify
+            assert out.replicas == ({"e0": "e1", "e1": "e2"}[e],)
         if t.batch == 1 and t.partition >= 2:
             [inp] = t.block_inputs
             assert (inp.dataset_id, inp.partition, inp.location) == (cached.id, t.partition - 2, "")
-    assert placement.produced == {(cached.id, 0): "e0", (cached.id, 1): "e1"}
+    assert placement.produced == {(cached.id, 0): ("e0", "e1"), (cached.id, 1): ("e1", "e2")}
 
 
 # ---------------------------------------------------------------------- membership

@@ -99,6 +99,8 @@ class DriverActor(Actor):
         self.recomputed_maps = 0
         """Map tasks run again by recoveries, over the driver's life."""
         self.relaunched_tasks = 0
+        self.losses: list[tuple[float, str]] = []
+        """(loop time, executor) of every executor loss the driver learnt of."""
         self.completed: collections.deque[GroupSummary] = collections.deque(maxlen=10_000)
         """Summaries of the most recent completed groups, oldest first."""
         self.results_s = 0.0
@@ -149,6 +151,7 @@ class DriverActor(Actor):
             self.executors.pop(message.executor_id, None)
             self._membership.set()
         elif isinstance(message, ExecutorLost):
+            self.losses.append((self.node.now(), message.executor_id))
             self.executors.pop(message.executor_id, None)
             self._membership.set()
             for run in list(self.groups.values()):
