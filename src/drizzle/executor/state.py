@@ -308,7 +308,22 @@ class ExecutorState:
         self._pending[(task.group_id, task.spec.batch)] += 1
         task.state = "runnable"
         self._forget({event.peer})
-        if task.state == "runnable":  # nothing it needs was at the peer: try again
+        if task.state == "runnable":
+            # The peer may have been forgotten already (a recovery launch named it lost
+            # while this task was fetching from it): wait again for what is unannounced.
+            spec = task.spec
+            for inp in spec.shuffle_inputs:
+                if len(self.map_outputs.get(inp.shuffle_id, ())) < inp.num_maps:
+                    task.missing_shuffles.add(inp.shuffle_id)
+                    self._waiting_on_shuffle[inp.shuffle_id].add(spec.task_id)
+            for b in spec.block_inputs:
+                key = (b.dataset_id, b.partition)
+                if key not in self.blocks:
+                    task.missing_blocks.add(key)
+                    self._waiting_on_block[key].add(spec.task_id)
+            if task.missing_shuffles or task.missing_blocks:
+                task.state = "waiting"
+        if task.state == "runnable":  # everything it needs is announced: try again
             self._make_runnable(task)
         out.append(
             SendToDriver(
@@ -405,6 +420,9 @@ class ExecutorState:
                     self._on_map_output(notice_m, out)
                 else:
                     out.append(SendToPeer(peer, self._with_inline(notice_m, event, parts, peer)))
+            if self.executor_id not in output.notify:
+                # Known here even with no reader here, so that a reroute announces it.
+                self._on_map_output(notice_m, out, counted=False)
             out.append(SendToDriver("tracker", notice_m))
         if spec.is_result:
             out.append(

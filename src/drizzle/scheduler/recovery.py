@@ -71,7 +71,7 @@ def plan_recovery(
             continue
         needed.add(tid)
         placed = record.tasks[tid]
-        on_lost = placed.executor in lost
+        on_lost = placed.executor not in alive_set  # lost now, or in an earlier recovery
         for inp in placed.spec.shuffle_inputs:
             for map_id in range(inp.num_maps):
                 if not map_alive(inp.shuffle_id, map_id):
@@ -90,12 +90,30 @@ def plan_recovery(
                 )
 
     # Re-run what was on a lost executor; a map whose output was lost with its
-    # executor is such a task too. Same partition → same live executor.
-    rerun_ids = sorted(tid for tid in needed if record.tasks[tid].executor in lost)
+    # executor is such a task too. Same partition → same live executor. A task that
+    # reads a cached partition written by an unfinished task of this group goes where
+    # that writer runs: the writer's notices still name the old readers, but a
+    # partition stored locally wakes its local readers. Writers come first (earlier
+    # micro-batch, upstream stage), so their new home is known when readers are placed.
+    rerun_ids = sorted(
+        (tid for tid in needed if record.tasks[tid].executor not in alive_set),
+        key=lambda t: (record.tasks[t].spec.batch, record.tasks[t].spec.stage_id, t),
+    )
     new_home: dict[int, str] = {}
     for tid in rerun_ids:
         placed = record.tasks[tid]
-        new_home[tid] = alive[(placed.position * 7919 + placed.spec.partition) % len(alive)]
+        writer_homes = [
+            new_home.get(w, record.tasks[w].executor)
+            for b in placed.spec.block_inputs
+            if not block_alive((b.dataset_id, b.partition))
+            and (w := record.producer.get((b.dataset_id, b.partition))) is not None
+        ]
+        live_writers = [e for e in writer_homes if e in alive_set]
+        new_home[tid] = (
+            live_writers[0]
+            if live_writers
+            else alive[(placed.position * 7919 + placed.spec.partition) % len(alive)]
+        )
 
     def home(tid: int) -> str:
         return new_home.get(tid, record.tasks[tid].executor)
