@@ -8,6 +8,9 @@ defaults, (0,4002000) and (1,4000000) after the first iteration and (0,400020000
 (1,400000000) after the tenth.
 
     python examples/running_sum.py --master "local-cluster[4]" --iters 10 --group-size 10
+
+``--group-size auto`` lets the engine pick each group's size (see docs/autotune.md);
+a progress bar is drawn on standard error when it is a terminal and tqdm is installed.
 """
 
 from __future__ import annotations
@@ -19,13 +22,29 @@ from typing import Any
 
 import drizzle
 from drizzle import Context, Dataset
+from drizzle.progress import progress
+
+
+def group_size(text: str) -> int | str:
+    """A positive int, or ``auto``."""
+    if text == "auto":
+        return text
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"group size must be positive or auto, not {text}")
+    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--master", default="local-cluster[4]")
     p.add_argument("--iters", type=int, default=10, help="micro-batches per trial (default 10)")
-    p.add_argument("--group-size", type=int, default=5, help="micro-batches per group (default 5)")
+    p.add_argument(
+        "--group-size",
+        type=group_size,
+        default=5,
+        help="micro-batches per group, or auto (default 5)",
+    )
     p.add_argument("--partitions", type=int, default=4, help="map partitions (default 4)")
     p.add_argument("--trials", type=int, default=5, help="trials (default 5)")
     p.add_argument("--elems", type=int, default=None, help="elements (default 1000 x partitions)")
@@ -64,12 +83,18 @@ async def main(args: argparse.Namespace) -> None:
         for _ in range(args.trials):
             iterations = build_iterations(ctx, args)
             begin = time.perf_counter()
-            async for partitions in ctx.iter_jobs(iterations, group_size=args.group_size):
-                for records in partitions:
-                    print(format_partition(records))
+            auto = args.group_size == "auto"
+            with progress(args.iters, "running sum") as bar:
+                async for partitions in ctx.iter_jobs(iterations, group_size=args.group_size):
+                    for records in partitions:
+                        bar.write(format_partition(records))
+                    bar.update(1, G=ctx.tuner.group_size if auto else args.group_size)
             took_ms = (time.perf_counter() - begin) * 1000
+            size = args.group_size
+            if auto:
+                size = f"auto (now {ctx.tuner.group_size})"
             print(
-                f"Drizzle: Running {args.iters} iters {args.group_size} batchSize "
+                f"Drizzle: Running {args.iters} iters {size} batchSize "
                 f"took {took_ms:.0f} ms ({took_ms / args.iters:.2f} ms per micro-batch)"
             )
 

@@ -7,6 +7,10 @@ partition. As in the prototype, with --group-size G > 1 one list of G datasets
 between modes: with the defaults, 160220000 for G=1 and G=10, 160120000 for G=5.
 
     python examples/single_stage.py --master "local-cluster[4]" --iters 100 --group-size 10
+
+``--group-size auto`` runs the iters micro-batches (offsets 0..iters-1, so "Got sum" is
+G=1's) in groups whose size the engine picks (see docs/autotune.md). A progress bar is
+drawn on standard error when it is a terminal and tqdm is installed.
 """
 
 from __future__ import annotations
@@ -18,13 +22,29 @@ from collections.abc import Iterator
 
 import drizzle
 from drizzle import Context
+from drizzle.progress import progress
+
+
+def group_size(text: str) -> int | str:
+    """A positive int, or ``auto``."""
+    if text == "auto":
+        return text
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"group size must be positive or auto, not {text}")
+    return value
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--master", default="local-cluster[4]")
     p.add_argument("--iters", type=int, default=10, help="micro-batches per trial (default 10)")
-    p.add_argument("--group-size", type=int, default=5, help="micro-batches per group (default 5)")
+    p.add_argument(
+        "--group-size",
+        type=group_size,
+        default=5,
+        help="micro-batches per group, or auto (default 5)",
+    )
     p.add_argument("--partitions", type=int, default=4, help="partitions (default 4)")
     p.add_argument("--trials", type=int, default=5, help="trials (default 5)")
     p.add_argument("--elems", type=int, default=None, help="elements (default 1000 x partitions)")
@@ -50,15 +70,24 @@ async def main(args: argparse.Namespace) -> None:
         for _ in range(args.trials):
             begin = time.perf_counter()
             total = 0
-            if args.group_size == 1:
-                for i in range(args.iters):
-                    total += sum(await ctx.run_job(rdd.map(lambda x, i=i: x + i), partition_sum))
-            else:
-                g = args.group_size
-                group = [rdd.map(lambda x, i=i: x + i) for i in range(g)]
-                for _ in range(math.ceil(args.iters / g)):
-                    results = await ctx.run_jobs(group, partition_sum, group_size=g)
-                    total += sum(sum(parts) for parts in results)
+            with progress(args.iters, "single stage") as bar:
+                if args.group_size == "auto":
+                    batches = [rdd.map(lambda x, i=i: x + i) for i in range(args.iters)]
+                    async for parts in ctx.iter_jobs(batches, partition_sum, group_size="auto"):
+                        total += sum(parts)
+                        bar.update(1, G=ctx.tuner.group_size)
+                elif args.group_size == 1:
+                    for i in range(args.iters):
+                        ds = rdd.map(lambda x, i=i: x + i)
+                        total += sum(await ctx.run_job(ds, partition_sum))
+                        bar.update(1)
+                else:
+                    g = args.group_size
+                    group = [rdd.map(lambda x, i=i: x + i) for i in range(g)]
+                    for _ in range(math.ceil(args.iters / g)):
+                        results = await ctx.run_jobs(group, partition_sum, group_size=g)
+                        total += sum(sum(parts) for parts in results)
+                        bar.update(g)
             took_ms = (time.perf_counter() - begin) * 1000
             print(f"Got sum {total}")
             print(

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 
 import drizzle
 from drizzle import Context, Dataset
+from drizzle.progress import progress
 
 
 def partition_sum(it: Iterator[int]) -> int:
@@ -55,17 +56,19 @@ async def measure(ctx: Context, workload: str, group: int, iters: int, warmup: i
     per_batch: list[float] = []
     total = warmup + iters
     done = 0
-    while done < total:
-        batches = make(base, group, done)
-        begin = time.perf_counter()
-        async for result in ctx.iter_jobs(batches, func, group_size=group):
-            if workload == "W2":
-                for part in result:
-                    running.update(dict(part))
-        took = time.perf_counter() - begin
-        if done >= warmup:
-            per_batch.append(took / group)
-        done += group
+    with progress(total, f"{workload} G={group}") as bar:  # drawn only on a terminal
+        while done < total:
+            batches = make(base, group, done)
+            begin = time.perf_counter()
+            async for result in ctx.iter_jobs(batches, func, group_size=group):
+                if workload == "W2":
+                    for part in result:
+                        running.update(dict(part))
+            took = time.perf_counter() - begin
+            if done >= warmup:
+                per_batch.append(took / group)
+            done += group
+            bar.update(group, ms=f"{took * 1000 / group:.3f}")
     if workload == "W2":
         batches_run = done
         if running != Counter({k: 40 * batches_run for k in range(100)}):
@@ -99,7 +102,7 @@ async def counters(ctx: Context) -> dict[str, float]:
 
 
 async def main(args: argparse.Namespace) -> None:
-    async with Context(args.master) as ctx:
+    async with Context(args.master, insecure=args.insecure) as ctx:
         print(f"master={args.master} iters={args.iters}")
         header = f"{'workload':8} {'G':>5} {'median ms':>10} {'p95 ms':>8} {'groups':>7}"
         if args.breakdown:
@@ -134,6 +137,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--iters", type=int, default=100, help="measured micro-batches (default 100)")
     p.add_argument("--min-groups", type=int, default=5, help="measured groups at least")
     p.add_argument("--warmup", type=int, default=20)
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="local-cluster without CURVE authentication and encryption (for comparison)",
+    )
     p.add_argument(
         "--no-breakdown",
         dest="breakdown",

@@ -4,6 +4,8 @@ One endpoint sends ``Heartbeat``, the other answers ``HeartbeatAck``; the time f
 send to receipt of the answer is one round trip. Prints median and p95 in microseconds.
 
     python scripts/bench_transport.py --backend tcp --n 2000 [--uvloop]
+
+``tcp-curve`` is ``tcp`` with CURVE authentication and encryption (keys from a secret).
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import time
 
 from drizzle.transport.base import Transport, TransportOptions
 from drizzle.transport.inproc import InProcNetwork, InProcTransport
+from drizzle.transport.security import keys_from_secret
 from drizzle.transport.zmq import ZmqTransport
 from drizzle.wire.codec import Envelope
 from drizzle.wire.messages import Heartbeat, HeartbeatAck
 
-BACKENDS = ("inproc", "tcp", "ipc")
+BACKENDS = ("inproc", "tcp", "tcp-curve", "ipc")
 
 
 def make_pair(backend: str, tmp: str) -> tuple[Transport, Transport]:
@@ -32,6 +35,9 @@ def make_pair(backend: str, tmp: str) -> tuple[Transport, Transport]:
             InProcTransport("inproc://b", opts, network=network),
         )
     if backend == "tcp":
+        return ZmqTransport("tcp://127.0.0.1:0", opts), ZmqTransport("tcp://127.0.0.1:0", opts)
+    if backend == "tcp-curve":
+        opts = TransportOptions(curve=keys_from_secret("bench-transport-secret-0123456789"))
         return ZmqTransport("tcp://127.0.0.1:0", opts), ZmqTransport("tcp://127.0.0.1:0", opts)
     return ZmqTransport(f"ipc://{tmp}/a.sock", opts), ZmqTransport(f"ipc://{tmp}/b.sock", opts)
 
@@ -85,7 +91,7 @@ def main() -> None:
             samples = runner.run(round_trips(backend, args.n, args.warmup))
             p95 = statistics.quantiles(samples, n=100)[94]
             print(
-                f"{backend:7s} loop={'uvloop' if args.uvloop else 'asyncio':7s} "
+                f"{backend:9s} loop={'uvloop' if args.uvloop else 'asyncio':7s} "
                 f"n={len(samples)} median={statistics.median(samples):8.1f} us "
                 f"p95={p95:8.1f} us"
             )

@@ -18,18 +18,24 @@ from drizzle.errors import (
     PeerUnreachable,
     ProtocolError,
 )
+from drizzle.metrics import ExecutorMetrics, GroupMetrics, MetricsSnapshot
 from drizzle.plan import PlanError
 from drizzle.runtime import run
+from drizzle.scheduler.tuner import TunerConfig
 
 __all__ = [
     "ClusterError",
     "Context",
     "Dataset",
     "DrizzleError",
+    "ExecutorMetrics",
+    "GroupMetrics",
     "JobFailed",
+    "MetricsSnapshot",
     "PeerUnreachable",
     "PlanError",
     "ProtocolError",
+    "TunerConfig",
     "__version__",
     "run",
 ]

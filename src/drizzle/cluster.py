@@ -2,8 +2,11 @@
 
 ``local[N]``: driver and N executors in this process and event loop over ``inproc``.
 ``local-cluster[N,cores]``: N executor processes over zmq on loopback, started and
-stopped here; each also exits by itself if this process dies. ``tcp://host:port``:
-the driver listens and executors started elsewhere join.
+stopped here; each also exits by itself if this process dies. Unless told
+``insecure``, a local cluster is authenticated and encrypted with CURVE keys derived
+from a fresh secret made here, which reaches the executors through their environment,
+never their command line. ``tcp://host:port``: the driver listens and executors
+started elsewhere join; CURVE keys come from the options or ``DRIZZLE_SECRET``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,15 @@ from drizzle.errors import ClusterError
 from drizzle.master import Master
 from drizzle.transport.base import Transport, TransportOptions, open_transport
 from drizzle.transport.inproc import InProcNetwork, InProcTransport
+from drizzle.transport.security import (
+    DEFAULT_KEY_NAME,
+    SECRET_ENV,
+    CurveKeys,
+    keys_from_secret,
+    new_secret,
+    resolve_keys,
+)
+from drizzle.wire.codec import DEFAULT_MAX_FRAME
 
 log = logging.getLogger("drizzle.cluster")
 _cluster_ids = itertools.count()
@@ -41,6 +53,15 @@ class ClusterOptions:
     start_timeout: float = 60.0
     check_codec: bool = False
     insecure: bool = False
+    network: InProcNetwork | None = field(default=None, compare=False)
+    """``local``: a prebuilt in-process network to use (fault injection in tests)."""
+    secret: str | bytes | None = field(default=None, repr=False, compare=False)
+    """Cluster secret the CURVE keys derive from (see ``transport/security.py``)."""
+    secret_file: str | None = None
+    keys: str | None = None
+    """A key directory made by ``python -m drizzle.node keygen --out DIR``."""
+    key_name: str = DEFAULT_KEY_NAME
+    max_frame: int = DEFAULT_MAX_FRAME
 
 
 @dataclass
@@ -56,20 +77,40 @@ class Cluster:
     executors: list[ExecutorActor] = field(default_factory=list)
     processes: list[asyncio.subprocess.Process] = field(default_factory=list)
     network: InProcNetwork | None = None
+    curve: CurveKeys | None = field(default=None, repr=False)
+    """The CURVE keys of the cluster's zmq connections; None: not authenticated."""
+    _executor_args: list[str] = field(default_factory=list, repr=False)
+    _executor_env: dict[str, str] = field(default_factory=dict, repr=False)
 
     async def start(self) -> None:
         opts = self.options
         kind = self.master.kind
         transport: Transport
         if kind == "local":
-            self.network = InProcNetwork(check_codec=opts.check_codec)
+            if opts.network is not None:
+                self.network = opts.network
+            else:
+                self.network = InProcNetwork(check_codec=opts.check_codec)
             name = f"inproc://drizzle-{os.getpid()}-{next(_cluster_ids)}"
             transport = InProcTransport(f"{name}/driver", network=self.network)
         elif kind == "local-cluster":
-            transport = open_transport("tcp://127.0.0.1:0")
-        else:
+            self._local_cluster_keys()
             transport = open_transport(
-                self.master.address, TransportOptions(insecure=opts.insecure)
+                "tcp://127.0.0.1:0", TransportOptions(max_frame=opts.max_frame, curve=self.curve)
+            )
+        else:
+            self.curve = resolve_keys(
+                secret=opts.secret,
+                secret_file=opts.secret_file,
+                keys=opts.keys,
+                key_name=opts.key_name,
+                env=os.environ,
+            )
+            transport = open_transport(
+                self.master.address,
+                TransportOptions(
+                    insecure=opts.insecure, max_frame=opts.max_frame, curve=self.curve
+                ),
             )
         node = Node(transport)
         self.driver_node = node
@@ -118,9 +159,34 @@ class Cluster:
         self.executors.append(actor)
         await actor.register()
 
+    def _local_cluster_keys(self) -> None:
+        """Keys of a local cluster, and how its executors get them: a fresh secret
+        unless one was given (or ``insecure``). Secrets go in the environment only."""
+        opts = self.options
+        if opts.insecure:
+            return
+        if opts.secret_file:
+            self._executor_args = ["--secret-file", str(opts.secret_file)]
+        elif opts.keys:
+            self._executor_args = ["--keys", str(opts.keys), "--key-name", opts.key_name]
+        if opts.secret_file or opts.keys:
+            self.curve = resolve_keys(
+                secret_file=opts.secret_file, keys=opts.keys, key_name=opts.key_name
+            )
+            return
+        secret = opts.secret
+        if secret is None:
+            secret = new_secret()
+        elif isinstance(secret, bytes):
+            secret = os.fsdecode(secret)
+        self.curve = keys_from_secret(secret, origin="the local cluster's secret")
+        self._executor_env = {SECRET_ENV: secret}
+
     async def _spawn_processes(self) -> None:
         assert self.driver_node is not None
         env = dict(os.environ)
+        env.pop(SECRET_ENV, None)  # the executors get this cluster's keys, or none
+        env.update(self._executor_env)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         for _ in range(self.master.executors):
             cmd = [
@@ -141,6 +207,9 @@ class Cluster:
             ]
             if not self.options.barrier:
                 cmd.append("--no-barrier")
+            if self.options.max_frame != DEFAULT_MAX_FRAME:
+                cmd += ["--max-frame", str(self.options.max_frame)]
+            cmd += self._executor_args
             proc = await asyncio.create_subprocess_exec(
                 *cmd, env=env, stdin=asyncio.subprocess.DEVNULL
             )

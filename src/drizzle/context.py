@@ -3,23 +3,34 @@
 ``run_job`` runs one dataset; ``run_jobs`` runs a list of micro-batches in groups of
 ``group_size`` (one plan and one launch message per executor per group) and returns
 every micro-batch's result in order; ``iter_jobs`` yields each micro-batch's result as
-soon as it completes.
+soon as it completes. With ``group_size="auto"`` each group's size comes from the
+context's group-size tuner, which learns from the groups before it (across calls).
+``metrics()`` returns what the engine measured; ``serve_metrics`` exports it to
+Prometheus.
 """
 
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from drizzle.cluster import Cluster, ClusterOptions
 from drizzle.dataset import Dataset, ParallelizedDataset, collect_partition
 from drizzle.errors import DrizzleError
 from drizzle.master import parse_master
+from drizzle.metrics import MetricsCollector, MetricsSnapshot
 from drizzle.scheduler.dag import BatchRequest
+from drizzle.scheduler.tuner import GroupSizeTuner, TunerConfig
+from drizzle.wire.codec import DEFAULT_MAX_FRAME
+
+if TYPE_CHECKING:
+    from drizzle.prometheus import MetricsServer
 
 JobFunc = Callable[[Iterator[Any]], Any]
+GroupSize = int | Literal["auto"]
 
 
 class Context:
@@ -39,7 +50,18 @@ class Context:
         group_timeout: seconds a group may run before it fails.
         start_timeout: seconds to wait for the executors to register.
         insecure: allow a ``tcp://`` master on a non-loopback address without
-            authentication.
+            authentication; for ``local-cluster``, run it without authentication.
+        secret, secret_file, keys, key_name: CURVE key material (authentication and
+            encryption, see docs/security.md): a cluster secret, a file holding one,
+            or a key directory made by ``python -m drizzle.node keygen --out DIR`` and
+            the client key to use from it. A ``tcp://`` master without any of these
+            uses ``DRIZZLE_SECRET`` if set; ``local-cluster`` makes fresh keys itself.
+        max_frame: largest message accepted or sent, in bytes (1 GiB by default).
+        tuner: how ``group_size="auto"`` picks each group's size (``TunerConfig()``:
+            overhead band 5-10 %, start at 2, double above, minus 5 below).
+        metrics_port: serve ``metrics()`` to Prometheus on ``metrics_host:metrics_port``
+            from ``start()`` on (0: any free port; see ``serve_metrics``). Needs the
+            ``metrics`` extra (prometheus-client).
     """
 
     def __init__(
@@ -56,6 +78,14 @@ class Context:
         start_timeout: float = 60.0,
         insecure: bool = False,
         check_codec: bool = False,
+        tuner: TunerConfig | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
+        secret: str | bytes | None = None,
+        secret_file: str | None = None,
+        keys: str | None = None,
+        key_name: str = "default",
+        max_frame: int = DEFAULT_MAX_FRAME,
     ) -> None:
         self.master = parse_master(master, executors)
         if heartbeat_interval <= 0 or heartbeat_timeout <= heartbeat_interval:
@@ -72,7 +102,20 @@ class Context:
             start_timeout=start_timeout,
             check_codec=check_codec,
             insecure=insecure,
+            secret=secret,
+            secret_file=secret_file,
+            keys=keys,
+            key_name=key_name,
+            max_frame=max_frame,
         )
+        if tuner is not None and not isinstance(tuner, TunerConfig):
+            raise TypeError(f"tuner must be a TunerConfig, got {type(tuner).__name__}")
+        self.tuner = GroupSizeTuner(tuner)
+        """Picks group sizes for ``group_size="auto"``; kept across calls."""
+        self._collector = MetricsCollector(self.tuner)
+        self._metrics_port = metrics_port
+        self._metrics_host = metrics_host
+        self._metrics_server: MetricsServer | None = None
         self._cluster: Cluster | None = None
         self._dataset_ids = itertools.count()
         self._closed = False
@@ -97,10 +140,19 @@ class Context:
         cluster = Cluster(self.master, self.options)
         await cluster.start()
         self._cluster = cluster
+        if self._metrics_port is not None:
+            try:
+                await self.serve_metrics(self._metrics_port, self._metrics_host)
+            except BaseException:
+                await self.close()
+                raise
 
     async def close(self) -> None:
         if self._cluster is not None and not self._closed:
             self._closed = True
+            if self._metrics_server is not None:
+                await self._metrics_server.close()
+                self._metrics_server = None
             await self._cluster.close()
 
     @property
@@ -129,6 +181,28 @@ class Context:
     def _next_dataset_id(self) -> int:
         return next(self._dataset_ids)
 
+    # ------------------------------------------------------------------ observing
+
+    def metrics(self) -> MetricsSnapshot:
+        """What the engine measured so far: group sizes, overhead, timings, executors."""
+        return self._collector.snapshot(self.cluster)
+
+    async def serve_metrics(self, port: int = 0, host: str = "127.0.0.1") -> int:
+        """Serve ``metrics()`` in Prometheus' text format at ``http://host:port/metrics``
+        until the context closes; returns the port (useful with ``port=0``).
+
+        Needs prometheus-client (``pip install 'drizzle[metrics]'``).
+        """
+        from drizzle.prometheus import MetricsServer
+
+        _ = self.cluster  # raises unless running
+        if self._metrics_server is not None:
+            raise DrizzleError(f"metrics are already served on port {self._metrics_server.port}")
+        server = MetricsServer(self.metrics)
+        await server.start(host, port)
+        self._metrics_server = server
+        return server.port
+
     # ------------------------------------------------------------------ datasets
 
     def parallelize(self, data: Iterable[Any], num_partitions: int | None = None) -> Dataset:
@@ -153,11 +227,13 @@ class Context:
         datasets: Sequence[Dataset],
         func: JobFunc | Sequence[JobFunc] | None = None,
         *,
-        group_size: int = 1,
+        group_size: GroupSize = 1,
     ) -> list[list[Any]]:
         """Run one job per dataset, ``group_size`` micro-batches per group.
 
-        Returns one list of per-partition results per dataset, in order. Raises
+        ``group_size="auto"``: each group's size comes from the context's tuner (see
+        ``TunerConfig``), which learns from every group it ran, in this call and earlier
+        ones. Returns one list of per-partition results per dataset, in order. Raises
         ``JobFailed`` if any micro-batch fails; no partial results are returned.
         """
         return [r async for r in self.iter_jobs(datasets, func, group_size=group_size)]
@@ -167,28 +243,44 @@ class Context:
         datasets: Sequence[Dataset],
         func: JobFunc | Sequence[JobFunc] | None = None,
         *,
-        group_size: int = 1,
+        group_size: GroupSize = 1,
     ) -> AsyncIterator[list[Any]]:
-        """Yield each micro-batch's results, in order, as soon as that micro-batch is done."""
+        """Yield each micro-batch's results, in order, as soon as that micro-batch is done.
+
+        ``group_size="auto"``: as in ``run_jobs``; a loop that calls this repeatedly
+        keeps the group size learned so far.
+        """
+        auto = group_size == "auto"
         requests = self._requests(datasets, func, group_size)
-        driver = self.cluster.driver
+        cluster = self.cluster
+        driver = cluster.driver
         assert driver is not None
+        collector = self._collector
         start = 0
         while start < len(requests):
-            run = driver.submit_group(requests[start : start + group_size])
+            size = self.tuner.group_size if auto else group_size
+            assert isinstance(size, int)
+            totals = collector.group_started(cluster)
+            began = time.perf_counter()
+            run = driver.submit_group(requests[start : start + size])
             batches = await run.launched
+            last = batches[-1]
             for batch in batches:
-                yield await run.results[batch]
+                result = await run.results[batch]
+                if batch == last:  # the group is complete: measure it before yielding
+                    wall = time.perf_counter() - began
+                    collector.group_finished(cluster, run, size, wall, totals, auto)
+                yield result
             start += len(batches)
 
     def _requests(
         self,
         datasets: Sequence[Dataset],
         func: JobFunc | Sequence[JobFunc] | None,
-        group_size: int,
+        group_size: GroupSize,
     ) -> list[BatchRequest]:
-        if type(group_size) is not int or group_size <= 0:
-            raise ValueError(f"group_size must be a positive int, got {group_size!r}")
+        if group_size != "auto" and (type(group_size) is not int or group_size <= 0):
+            raise ValueError(f"group_size must be a positive int or 'auto', got {group_size!r}")
         if isinstance(datasets, Dataset):  # type: ignore[unreachable]
             raise TypeError("run_jobs takes a list of datasets; use run_job for one")
         datasets = list(datasets)

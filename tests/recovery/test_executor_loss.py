@@ -518,10 +518,14 @@ async def test_an_executor_that_joins_gets_tasks_from_the_next_group(
                 async for result in ctx.iter_jobs(jobs, group_size=G):
                     results.append(result)
                     if len(results) == G + 1:  # in the middle of the second group
+                        # The newcomer joins with the cluster's key material, as any
+                        # executor of an authenticated cluster must.
+                        extra_env = getattr(ctx.cluster, "_executor_env", {})
+                        extra_args = getattr(ctx.cluster, "_executor_args", [])
                         newcomer = await asyncio.create_subprocess_exec(
                             *(sys.executable, "-m", "drizzle.node", "executor"),
-                            *("--driver", node.address, "--cores", "1"),
-                            env=env,
+                            *("--driver", node.address, "--cores", "1", *extra_args),
+                            env={**env, **extra_env},
                             cwd=ROOT,
                             stdin=asyncio.subprocess.DEVNULL,
                         )

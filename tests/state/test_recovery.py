@@ -24,7 +24,12 @@ from typing import TYPE_CHECKING, Any, cast
 import pytest
 
 from drizzle.actors.group_scheduler import GroupSchedulerActor
-from drizzle.actors.internal import GroupNotRecovered, GroupRecovered, RecoverWithOutputs
+from drizzle.actors.internal import (
+    BlocksMoved,
+    GroupNotRecovered,
+    GroupRecovered,
+    RecoverWithOutputs,
+)
 from drizzle.actors.node import Node
 from drizzle.dataset import Dataset, ParallelizedDataset, collect_partition
 from drizzle.executor.state import (
@@ -751,6 +756,8 @@ class Sim:
                 self.queue.append((peer, GroupLaunched(message)))
             elif isinstance(message, GroupRecovered):
                 self.recomputed_maps += message.recomputed_maps
+            elif isinstance(message, BlocksMoved):
+                assert target == "dag"
             else:
                 assert isinstance(message, GroupNotRecovered)
                 raise Unrecoverable(message.reason)

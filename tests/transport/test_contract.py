@@ -1,7 +1,8 @@
 """The transport contract (see ``drizzle.transport.base``), checked on every backend.
 
-One suite, parametrised over the in-process backend, ZeroMQ over TCP loopback and
-ZeroMQ over IPC; a few ZeroMQ-only checks (hostile frames, bind policy) follow.
+One suite, parametrised over the in-process backend, ZeroMQ over TCP loopback (plain
+and with CURVE keys) and ZeroMQ over IPC; a few ZeroMQ-only checks (hostile frames,
+bind policy) follow.
 Every wait is bounded; nothing sleeps to synchronise.
 """
 
@@ -23,12 +24,14 @@ import zmq.asyncio
 from drizzle.errors import ClusterError, PeerUnreachable, TransportClosed
 from drizzle.transport.base import Transport, TransportOptions, open_transport
 from drizzle.transport.inproc import InProcNetwork, InProcTransport
+from drizzle.transport.security import keys_from_secret
 from drizzle.transport.zmq import ZmqTransport
 from drizzle.wire.codec import Envelope, encode
 from drizzle.wire.messages import BlocksFetched, Heartbeat
 
 WAIT = 30.0
 """Upper bound on any single wait in this suite (seconds)."""
+CURVE = keys_from_secret("contract-test-secret-0123456789")
 
 
 def envelope(seq: int, executor: str = "exec-1") -> Envelope:
@@ -55,7 +58,7 @@ class Net:
         self._n += 1
         if self.kind == "inproc":
             return f"inproc://node-{self._n}"
-        if self.kind == "tcp":
+        if self.kind.startswith("tcp"):
             return "tcp://127.0.0.1:0"
         return f"ipc://{self.tmp_path}/n{self._n}.sock"
 
@@ -63,11 +66,13 @@ class Net:
         """An address where nothing listens."""
         if self.kind == "inproc":
             return "inproc://nobody"
-        if self.kind == "tcp":
+        if self.kind.startswith("tcp"):
             return f"tcp://127.0.0.1:{free_tcp_port()}"
         return f"ipc://{self.tmp_path}/nobody.sock"
 
     def make(self, address: str | None = None, **options: Any) -> Transport:
+        if self.kind == "tcp-curve":
+            options.setdefault("curve", CURVE)
         opts = TransportOptions(**options)
         address = address or self.address()
         transport: Transport
@@ -88,7 +93,7 @@ class Net:
             await asyncio.wait_for(transport.close(), WAIT)
 
 
-@pytest.fixture(params=["inproc", "tcp", "ipc"])
+@pytest.fixture(params=["inproc", "tcp", "tcp-curve", "ipc"])
 async def net(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Net]:
     n = Net(request.param, tmp_path)
     try:
@@ -139,7 +144,7 @@ async def test_sender_address_is_reported(net: Net) -> None:
 
 async def test_address_is_resolved_after_start(net: Net) -> None:
     t = await net.open()
-    if net.kind == "tcp":
+    if net.kind.startswith("tcp"):
         host, _, port = t.address.removeprefix("tcp://").rpartition(":")
         assert host == "127.0.0.1"
         assert int(port) > 0
@@ -223,11 +228,14 @@ async def test_disconnect_then_send_again(net: Net) -> None:
     a = await net.open()
     b = await net.open()
     await asyncio.wait_for(a.send(b.address, envelope(1)), WAIT)
+    # Received before disconnecting: frames still in flight when a connection is
+    # dropped are not promised (zmq: the receiving ROUTER hands the old pipe over to
+    # the new connection under an anonymous id, or tears it down unread).
+    assert await asyncio.wait_for(b.recv(), WAIT) == (a.address, envelope(1))
     await asyncio.wait_for(a.disconnect(b.address), WAIT)
     await asyncio.wait_for(a.disconnect("tcp://127.0.0.1:1"), WAIT)  # unknown peer: no-op
     await asyncio.wait_for(a.send(b.address, envelope(2)), WAIT)
-    got = [env.message.seq for _, env in await recv_n(b, 2)]
-    assert got == [1, 2]
+    assert await asyncio.wait_for(b.recv(), WAIT) == (a.address, envelope(2))
 
 
 async def test_unreachable_peer_raises_within_deadline(net: Net) -> None:

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from drizzle.actors.internal import (
+    BlocksMoved,
     ExecutorLeft,
     ExecutorLost,
     GroupAborted,
@@ -44,6 +45,8 @@ class DagSchedulerActor(Actor):
                 return
             self.plan_s += time.perf_counter() - began
             self.node.post(self.node.address, "group", PlaceGroup(plan), self.name)
+        elif isinstance(message, BlocksMoved):
+            self.state.blocks_moved(message.group_id, message.moved)
         elif isinstance(message, GroupPlaced):
             self.state.group_placed(message.group_id, message.produced)
         elif isinstance(message, GroupCompleted):

@@ -190,8 +190,12 @@ class ExecutorActor(Actor):
                 Heartbeat(self.executor_id, self._heartbeat_seq, self.snapshot()),
                 self.name,
             )
+            before = self.node.now()
             await asyncio.sleep(interval)
-            if self.node.now() - self._last_ack > silence_limit:
+            now = self.node.now()
+            if now - before > 2 * interval:
+                continue  # this loop ran late: acks may be waiting unread; judge next round
+            if now - self._last_ack > silence_limit:
                 self._stop(f"driver silent for more than {silence_limit:.1f}s")
 
     def leave(self, reason: str = "asked to leave") -> None:

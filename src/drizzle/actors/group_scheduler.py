@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
@@ -11,6 +12,7 @@ import cloudpickle
 
 from drizzle import __version__
 from drizzle.actors.internal import (
+    BlocksMoved,
     ExecutorJoined,
     ExecutorLeft,
     ExecutorLost,
@@ -84,11 +86,17 @@ class GroupSchedulerActor(Actor):
         self._checker = node.spawn(self._check_liveness(), name="liveness")
 
     async def _check_liveness(self) -> None:
-        import asyncio
-
+        last = self.node.now()
         while True:
             await asyncio.sleep(self.heartbeat_interval)
-            for executor_id in self.state.expired(self.node.now()):
+            now = self.node.now()
+            stalled = now - last > 2 * self.heartbeat_interval
+            last = now
+            if stalled:
+                # This loop itself ran late: heartbeats may be waiting unread in the
+                # mailbox. Judge liveness once they have been read, next round.
+                continue
+            for executor_id in self.state.expired(now):
                 self._lost(executor_id, f"no heartbeat for {self.heartbeat_timeout:.1f}s")
 
     def _lost(self, executor_id: str, reason: str) -> None:
@@ -235,6 +243,14 @@ class GroupSchedulerActor(Actor):
                 plan.reroutes,
             )
             self.node.post(executor, "executor", launch, self.name)
+        moved = {
+            (b.dataset_id, b.partition): (executor, *b.replicas)
+            for executor, specs in plan.rerun.items()
+            for spec in specs
+            for b in spec.block_outputs
+        }
+        if moved:
+            self.node.post(self.node.address, "dag", BlocksMoved(msg.group_id, moved), self.name)
         relaunched = sum(len(s) for s in plan.rerun.values())
         log.warning(
             "group %d recovered from the loss of %s: %d task(s) run again, %d of them maps",

@@ -112,3 +112,11 @@ class ExecutorLeft:
     """An executor left gracefully at a group boundary (nothing to recover)."""
 
     executor_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class BlocksMoved:
+    """Recovery re-ran the writers of these cached partitions elsewhere."""
+
+    group_id: int
+    moved: dict[BlockId, tuple[str, ...]]

@@ -191,6 +191,12 @@ class ExecutorState:
     _running: int = 0
     _pending: dict[tuple[int, int], int] = field(default_factory=lambda: defaultdict(int))
     """Unfinished tasks not started yet, per (group, micro-batch)."""
+    _reroutes: dict[int, Reroute] = field(default_factory=dict)
+    """The latest readers of each shuffle a recovery named, for map tasks registered
+    after it (the group's own launch may arrive after its recovery launch)."""
+    _lost: dict[str, int] = field(default_factory=dict)
+    """Executor → latest group whose recovery named it lost: its notices of that group
+    or an earlier one, which may arrive late, are stale (a re-run announces anew)."""
 
     # ------------------------------------------------------------------ dispatch
 
@@ -203,9 +209,10 @@ class ExecutorState:
         elif isinstance(event, GroupLaunched):
             self._on_launch(event.launch, out)
         elif isinstance(event, BlockNoticed):
-            self._on_block(
-                event.notice.dataset_id, event.notice.partition, event.notice.executor_id
-            )
+            if self._lost.get(event.notice.executor_id, -1) < event.notice.group_id:
+                self._on_block(
+                    event.notice.dataset_id, event.notice.partition, event.notice.executor_id
+                )
         elif isinstance(event, TaskErrored):
             self._on_error(event, out)
         elif isinstance(event, InputsLost):
@@ -232,6 +239,8 @@ class ExecutorState:
         if launch.release_shuffles:
             self._release(launch.release_shuffles, out)
         if launch.lost_executors:
+            for lost in launch.lost_executors:
+                self._lost[lost] = max(self._lost.get(lost, -1), launch.group_id)
             self._forget(set(launch.lost_executors))
         for loc in launch.known_map_outputs:
             self._on_map_output(
@@ -281,6 +290,7 @@ class ExecutorState:
     def _reroute(self, group_id: int, reroute: Reroute, out: list[Command]) -> None:
         """Unfinished map tasks of the shuffle notify the new readers; finished outputs
         held here are announced to them again."""
+        self._reroutes[reroute.shuffle_id] = reroute
         for task in self.tasks.values():
             output = task.spec.shuffle_output
             if output is None or output.shuffle_id != reroute.shuffle_id:
@@ -335,6 +345,13 @@ class ExecutorState:
     def _register(self, group_id: int, spec: TaskSpec) -> None:
         if spec.task_id in self.tasks:
             return  # a duplicated launch: the task is already known
+        output = spec.shuffle_output
+        reroute = self._reroutes.get(output.shuffle_id) if output is not None else None
+        if output is not None and reroute is not None:
+            notify, parts = reroute.notify, reroute.notify_partitions
+            spec = replace(
+                spec, shuffle_output=replace(output, notify=notify, notify_partitions=parts)
+            )
         missing_shuffles = set()
         for inp in spec.shuffle_inputs:
             self._num_maps[inp.shuffle_id] = inp.num_maps
@@ -361,6 +378,8 @@ class ExecutorState:
     ) -> None:
         if counted:
             self.stats.notices_received += 1
+        if self._lost.get(notice.executor_id, -1) >= notice.group_id:
+            return  # stale: its executor was lost since
         outputs = self.map_outputs[notice.shuffle_id]
         outputs[notice.map_id] = notice.executor_id  # a re-run map may move; never double count
         needed = self._num_maps.get(notice.shuffle_id)
@@ -499,6 +518,7 @@ class ExecutorState:
             self.map_outputs.pop(sid, None)
             self._num_maps.pop(sid, None)
             self._waiting_on_shuffle.pop(sid, None)
+            self._reroutes.pop(sid, None)
         out.append(DropShuffles(shuffle_ids))
         done = [tid for tid, t in self.tasks.items() if t.state == "done"]
         for tid in done:

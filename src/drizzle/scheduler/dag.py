@@ -101,6 +101,12 @@ class DagState:
     def group_placed(self, group_id: int, produced: dict[BlockId, tuple[str, ...]]) -> None:
         self.pending[group_id] = produced
 
+    def blocks_moved(self, group_id: int, moved: dict[BlockId, tuple[str, ...]]) -> None:
+        """A recovery re-ran these partitions' writers: they will be where it put them."""
+        pending = self.pending.get(group_id)
+        if pending is not None:
+            pending.update(moved)
+
     def group_completed(self, group_id: int) -> None:
         self.materialized.update(self.pending.pop(group_id, {}))
 

@@ -18,9 +18,13 @@ Depends on the codec only for the ``Envelope`` type.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from drizzle.wire.codec import DEFAULT_MAX_FRAME, Envelope
+
+if TYPE_CHECKING:
+    from drizzle.transport.security import CurveKeys
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +39,9 @@ class TransportOptions:
     """Envelopes buffered on receipt before senders are made to wait (backpressure)."""
     insecure: bool = False
     """Allow listening on a non-loopback address without authentication."""
+    curve: CurveKeys | None = field(default=None, repr=False)
+    """Authenticate and encrypt every connection with these CURVE keys (zmq only);
+    None: no authentication, which only loopback and ipc addresses allow by default."""
 
 
 class Transport(abc.ABC):
@@ -65,6 +72,10 @@ class Transport(abc.ABC):
 
     def rejected_frames(self) -> int:
         """Frames dropped because they did not decode (counted, never fatal)."""
+        return 0
+
+    def refused_connections(self) -> int:
+        """Inbound connections refused at the handshake (failed authentication)."""
         return 0
 
 

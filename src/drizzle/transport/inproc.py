@@ -9,6 +9,7 @@ also prove that each message survives the wire.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from drizzle.errors import PeerUnreachable, TransportClosed
 from drizzle.transport.base import Transport, TransportOptions
@@ -16,12 +17,19 @@ from drizzle.wire.codec import Envelope, decode, encode
 
 _CLOSED = object()
 
+SendHook = Callable[["InProcTransport", "InProcTransport", Envelope], bool]
+"""``hook(sender, target, envelope)``, called on every send between endpoints of a
+network that has one (fault injection in tests): True means the hook took the envelope
+(to drop, hold or copy it, delivering with ``target.deliver_nowait``); False means
+deliver it normally. It may raise ``PeerUnreachable``."""
+
 
 class InProcNetwork:
     """The address book of in-process endpoints of one cluster."""
 
-    def __init__(self, *, check_codec: bool = False) -> None:
+    def __init__(self, *, check_codec: bool = False, hook: SendHook | None = None) -> None:
         self.check_codec = check_codec
+        self.hook = hook
         self._endpoints: dict[str, InProcTransport] = {}
 
     def bind(self, endpoint: InProcTransport) -> None:
@@ -68,6 +76,9 @@ class InProcTransport(Transport):
             raise PeerUnreachable(f"no endpoint at {peer}")
         if self.network.check_codec:
             envelope = decode(encode(envelope), self.options.max_frame)
+        hook = self.network.hook
+        if hook is not None and hook(self, target, envelope):
+            return
         await target._queue.put((self.address, envelope))
 
     async def recv(self) -> tuple[str, Envelope]:
@@ -79,6 +90,14 @@ class InProcTransport(Transport):
             raise TransportClosed(f"{self.address} is closed")
         assert isinstance(item, tuple)
         return item
+
+    def deliver_nowait(self, sender: str, envelope: Envelope) -> bool:
+        """Queue ``envelope`` as received from ``sender`` (a network hook releasing a
+        message it held); False if this endpoint is closed."""
+        if self._closed:
+            return False
+        self._queue.put_nowait((sender, envelope))
+        return True
 
     async def disconnect(self, peer: str) -> None:
         return None
