@@ -98,13 +98,13 @@ async def raw_send(
 ) -> str:
     """Connect a raw DEALER, queue ``frames`` and return how its handshake ended
     (``HANDSHAKE_SUCCEEDED`` or a ``HANDSHAKE_FAILED_*`` name). Frames queued before
-    the handshake are sent only if it succeeds. On success the socket stays open until
-    its frames are flushed (linger)."""
+    the handshake are sent only if it succeeds; then the socket lingers until they are
+    flushed (in a thread: the event loop, which may host the cluster, never blocks)."""
     ctx = zmq.asyncio.Context()
     dealer = ctx.socket(zmq.DEALER)
     monitor = dealer.get_monitor_socket(HANDSHAKE_EVENTS)
+    event = "none"
     try:
-        dealer.setsockopt(zmq.LINGER, 2000)
         dealer.setsockopt(zmq.ROUTING_ID, routing_id)
         if keys is not None:
             dealer.setsockopt(zmq.CURVE_SERVERKEY, keys.server)
@@ -114,14 +114,14 @@ async def raw_send(
         for f in frames:
             await dealer.send(f)
         async with asyncio.timeout(WAIT):
-            event = parse_monitor_message(await monitor.recv_multipart())["event"]
-        return zmq.Event(event).name
+            event = zmq.Event(parse_monitor_message(await monitor.recv_multipart())["event"]).name
+        return event
     finally:
         with contextlib.suppress(zmq.ZMQError):
             dealer.disable_monitor()
         monitor.close(linger=0)
-        dealer.close()
-        ctx.term()
+        dealer.close(linger=5000 if event == "HANDSHAKE_SUCCEEDED" else 0)
+        await asyncio.to_thread(ctx.term)
 
 
 @dataclass

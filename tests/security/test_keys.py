@@ -74,6 +74,14 @@ def test_secret_file_must_be_private(tmp_path: Path) -> None:
     assert read_secret_file(path) == keys_from_secret(SECRET)
 
 
+def test_key_paths_may_start_with_a_tilde(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    security.write_secret_file("~/cluster.secret")
+    assert read_secret_file("~/cluster.secret") == read_secret_file(tmp_path / "cluster.secret")
+    security.generate_key_dir("~/keys")
+    assert read_key_dir("~/keys") == read_key_dir(tmp_path / "keys")
+
+
 def test_keygen_writes_a_private_secret_file(tmp_path: Path) -> None:
     path = tmp_path / "cluster.secret"
     done = node_cli("keygen", "--secret", str(path))

@@ -132,7 +132,7 @@ def _check_private(path: Path) -> None:
 
 def read_secret_file(path: str | os.PathLike[str]) -> CurveKeys:
     """Keys from a file holding the cluster secret (mode 0600)."""
-    p = Path(path)
+    p = Path(path).expanduser()
     try:
         _check_private(p)
         data = p.read_bytes()
@@ -143,7 +143,7 @@ def read_secret_file(path: str | os.PathLike[str]) -> CurveKeys:
 
 def write_secret_file(path: str | os.PathLike[str]) -> Path:
     """Write a fresh cluster secret to a new file, readable by its owner only."""
-    p = Path(path)
+    p = Path(path).expanduser()
     _write_private(p, (new_secret() + "\n").encode())
     return p
 
@@ -173,7 +173,7 @@ def generate_key_dir(directory: str | os.PathLike[str], name: str = DEFAULT_KEY_
     require_curve()
     if not name or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise ClusterError(f"key name {name!r}: use letters, digits, '-', '_' or '.'")
-    root = Path(directory)
+    root = Path(directory).expanduser()
     allowed = root / "allowed"
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
     allowed.mkdir(mode=0o755, exist_ok=True)
@@ -207,7 +207,7 @@ def _load_keypair(path: Path) -> tuple[bytes, bytes]:
 def read_key_dir(directory: str | os.PathLike[str], name: str = DEFAULT_KEY_NAME) -> CurveKeys:
     """Keys from a directory made by ``generate_key_dir``."""
     require_curve()
-    root = Path(directory)
+    root = Path(directory).expanduser()
     server_public, server_secret = _load_keypair(root / "server.key_secret")
     client_public, client_secret = _load_keypair(root / f"{name}.key_secret")
     try:

@@ -100,18 +100,21 @@ _PROTOCOL_ERRORS: dict[int, str] = {
 }
 
 
-def _handshake_failure(event: int, value: int) -> tuple[str, bool]:
-    """Why a handshake failed, from a monitor event; and whether retrying is pointless."""
+def _handshake_failure(event: int, value: int, inbound: bool = False) -> tuple[str, bool]:
+    """Why a handshake failed, from a monitor event, as seen by the connecting side (or
+    by the listening side, ``inbound``); and whether retrying is pointless."""
     if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-        return (
-            f"authentication refused (ZAP status {value}): this node's CURVE key is not "
-            "on the peer's allow-list",
-            True,
-        )
+        if inbound:
+            why = "the peer's CURVE key is not on this node's allow-list"
+        else:
+            why = "this node's CURVE key is not on the peer's allow-list"
+        return f"authentication refused (ZAP status {value}): {why}", True
     if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
         text = _PROTOCOL_ERRORS.get(value, f"ZMTP protocol error {value:#x}")
         return text, True
     reason = os.strerror(value) if value > 0 else "no detail"
+    if inbound:
+        return f"handshake failed ({reason})", False
     return (
         f"handshake failed ({reason}): the peer dropped the connection during the "
         "handshake, as it does when the two sides do not hold the same cluster keys",
@@ -442,7 +445,7 @@ class ZmqTransport(Transport):
                 now = time.monotonic()
                 if now - self._last_refusal_warning >= _WARN_INTERVAL_S:
                     self._last_refusal_warning = now
-                    why, _ = _handshake_failure(event["event"], event["value"])
+                    why, _ = _handshake_failure(event["event"], event["value"], inbound=True)
                     logger.warning(
                         "%s: refused an inbound connection: %s; %d refused so far",
                         self.address,
