@@ -186,10 +186,11 @@ class ExecutorState:
     _waiting_on_block: dict[tuple[int, int], set[int]] = field(
         default_factory=lambda: defaultdict(set)
     )
-    _runnable: list[tuple[int, int, int, int, int]] = field(default_factory=list)
-    _unfinished: dict[tuple[int, int], int] = field(default_factory=lambda: defaultdict(int))
+    _runnable: dict[int, list[tuple[int, int, int, int]]] = field(default_factory=dict)
+    """Group → heap of (micro-batch, -stage, partition, task id) of its runnable tasks."""
+    _unfinished: BatchCounts = field(default_factory=lambda: BatchCounts())
     _running: int = 0
-    _pending: dict[tuple[int, int], int] = field(default_factory=lambda: defaultdict(int))
+    _pending: BatchCounts = field(default_factory=lambda: BatchCounts())
     """Unfinished tasks not started yet, per (group, micro-batch)."""
     _reroutes: dict[int, Reroute] = field(default_factory=dict)
     """The latest readers of each shuffle a recovery named, for map tasks registered
@@ -315,7 +316,7 @@ class ExecutorState:
         if task is None or task.state != "running":
             return
         self._running -= 1
-        self._pending[(task.group_id, task.spec.batch)] += 1
+        self._pending.add(task.group_id, task.spec.batch)
         task.state = "runnable"
         self._forget({event.peer})
         if task.state == "runnable":
@@ -368,8 +369,8 @@ class ExecutorState:
                 self._waiting_on_block[key].add(spec.task_id)
         task = _Task(group_id, spec, missing_shuffles, missing_blocks)
         self.tasks[spec.task_id] = task
-        self._unfinished[(group_id, spec.batch)] += 1
-        self._pending[(group_id, spec.batch)] += 1
+        self._unfinished.add(group_id, spec.batch)
+        self._pending.add(group_id, spec.batch)
         if not missing_shuffles and not missing_blocks:
             self._make_runnable(task)
 
@@ -483,7 +484,7 @@ class ExecutorState:
         spec = task.spec
         if event.retryable and spec.attempt + 1 < self.max_task_attempts:
             self._running -= 1
-            self._pending[(task.group_id, spec.batch)] += 1
+            self._pending.add(task.group_id, spec.batch)
             self.stats.retries += 1
             task.spec = _next_attempt(spec)
             self._make_runnable(task)
@@ -531,66 +532,50 @@ class ExecutorState:
         spec = task.spec
         # Lower micro-batch first; within one, later (downstream) stages first.
         heapq.heappush(
-            self._runnable,
-            (task.group_id, spec.batch, -spec.stage_id, spec.partition, spec.task_id),
+            self._runnable.setdefault(task.group_id, []),
+            (spec.batch, -spec.stage_id, spec.partition, spec.task_id),
         )
 
     def _finish(self, task: _Task, *, ran: bool = True) -> None:
-        key = (task.group_id, task.spec.batch)
         if task.state == "running":
             self._running -= 1
         else:
-            self._count_down(self._pending, key)
+            self._pending.remove(task.group_id, task.spec.batch)
         task.state = "done"
-        self._unfinished[key] -= 1
-        if self._unfinished[key] <= 0:
-            del self._unfinished[key]
-
-    @staticmethod
-    def _count_down(counts: dict[tuple[int, int], int], key: tuple[int, int]) -> None:
-        counts[key] -= 1
-        if counts[key] <= 0:
-            del counts[key]
-
-    @staticmethod
-    def _earliest(counts: dict[tuple[int, int], int], group_id: int) -> int | None:
-        batches = [b for (g, b) in counts if g == group_id]
-        return min(batches) if batches else None
+        self._unfinished.remove(task.group_id, task.spec.batch)
 
     def _barrier_holds(self, group_id: int, batch: int) -> bool:
         """Whether a task of ``batch`` must wait for earlier micro-batches here."""
-        pending = self._earliest(self._pending, group_id)
+        pending = self._pending.earliest(group_id)
         if pending is not None and pending < batch:
             return True
         if self.cores == 1 and self.prefetch:
             return False  # earlier tasks already started finish first: one worker, in order
-        unfinished = self._earliest(self._unfinished, group_id)
+        unfinished = self._unfinished.earliest(group_id)
         return unfinished is not None and unfinished < batch
 
     def _schedule(self, out: list[Command]) -> None:
-        held: list[tuple[int, int, int, int, int]] = []
-        held_groups: set[int] = set()
-        while self._runnable and self._running < self.cores + self.prefetch:
-            entry = heapq.heappop(self._runnable)
-            group_id, batch, _, _, task_id = entry
-            task = self.tasks.get(task_id)
-            if task is None or task.state != "runnable":
-                continue
-            if group_id in held_groups:
-                held.append(entry)
-                continue
-            if self.barrier and self._barrier_holds(group_id, batch):
-                # Every later task of this group is held too; other groups may run.
-                held.append(entry)
-                held_groups.add(group_id)
-                continue
-            task.state = "running"
-            self._running += 1
-            self._count_down(self._pending, (group_id, batch))
-            self.stats.tasks_started += 1
-            out.append(StartTask(group_id, task.spec, *self._locations(task.spec)))
-        for entry in held:
-            heapq.heappush(self._runnable, entry)
+        slots = self.cores + self.prefetch
+        for group_id in sorted(self._runnable):
+            heap = self._runnable[group_id]
+            while heap and self._running < slots:
+                batch, _, _, task_id = heap[0]
+                task = self.tasks.get(task_id)
+                if task is None or task.state != "runnable":
+                    heapq.heappop(heap)
+                    continue
+                if self.barrier and self._barrier_holds(group_id, batch):
+                    break  # every later task of this group is held too; other groups may run
+                heapq.heappop(heap)
+                task.state = "running"
+                self._running += 1
+                self._pending.remove(group_id, batch)
+                self.stats.tasks_started += 1
+                out.append(StartTask(group_id, task.spec, *self._locations(task.spec)))
+            if not heap:
+                del self._runnable[group_id]
+            if self._running >= slots:
+                return
 
     def _locations(
         self, spec: TaskSpec
@@ -603,6 +588,39 @@ class ExecutorState:
             for b in spec.block_inputs
         }
         return maps, blocks
+
+
+class BatchCounts:
+    """Task counts per (group, micro-batch); the earliest counted micro-batch of a group
+    in O(log n) (a heap per group, cleaned lazily)."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[int, int], int] = {}
+        self._batches: dict[int, list[int]] = {}
+
+    def add(self, group_id: int, batch: int) -> None:
+        key = (group_id, batch)
+        count = self._counts.get(key, 0)
+        if count == 0:
+            heapq.heappush(self._batches.setdefault(group_id, []), batch)
+        self._counts[key] = count + 1
+
+    def remove(self, group_id: int, batch: int) -> None:
+        key = (group_id, batch)
+        count = self._counts.get(key, 0) - 1
+        if count <= 0:
+            del self._counts[key]
+        else:
+            self._counts[key] = count
+
+    def earliest(self, group_id: int) -> int | None:
+        batches = self._batches.get(group_id)
+        while batches and (group_id, batches[0]) not in self._counts:
+            heapq.heappop(batches)
+        if not batches:
+            self._batches.pop(group_id, None)
+            return None
+        return batches[0]
 
 
 def _next_attempt(spec: TaskSpec) -> TaskSpec:
