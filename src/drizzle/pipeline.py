@@ -232,12 +232,15 @@ class ShuffleWrite:
     def write(self, records: Iterator[Any]) -> list[bytes]:
         n = self.num_reducers
         if self.combiner is not None:
+            # Combine first, then hash each distinct key once.
             create, merge = self.combiner.create, self.combiner.merge_value
-            combined: list[dict[Any, Any]] = [{} for _ in range(n)]
+            combined: dict[Any, Any] = {}
             for key, value in records:
-                bucket = combined[partition_of(key, n)]
-                bucket[key] = merge(bucket[key], value) if key in bucket else create(value)
-            return [serde.dumps_data(list(b.items())) for b in combined]
+                combined[key] = merge(combined[key], value) if key in combined else create(value)
+            per_reducer: list[list[Any]] = [[] for _ in range(n)]
+            for item in combined.items():
+                per_reducer[partition_of(item[0], n)].append(item)
+            return [serde.dumps_data(b) for b in per_reducer]
         buckets: list[list[Any]] = [[] for _ in range(n)]
         for record in records:
             buckets[partition_of(record[0], n)].append(record)

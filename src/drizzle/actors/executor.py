@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import functools
 import itertools
 import logging
 import sys
-import time
 import traceback
 from collections import defaultdict
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import cloudpickle
@@ -63,9 +65,26 @@ from drizzle.wire.messages import (
     ReleaseBlocks,
     ReplicateBlock,
     StopExecutor,
+    TaskSpec,
 )
 
 log = logging.getLogger("drizzle.executor")
+
+TaskOutput = tuple[list[bytes] | bytes, float, float, float]
+"""A task's output (blocks per reducer, or a pickled result) and its (queue wait,
+deserialization, compute) seconds."""
+
+TaskRunner = Callable[
+    [PipelineCache, TaskSpec, PreparedEnv, float], Coroutine[Any, Any, TaskOutput]
+]
+"""``runner(pipelines, spec, env, submitted)`` runs a task on the event loop instead of
+a worker thread (the simulator's, which runs it inline and models its duration)."""
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Any, *args: Any) -> None:
+    """From a worker thread: run ``callback`` on the loop, unless the loop is closed."""
+    with contextlib.suppress(RuntimeError):  # the executor is shutting down
+        loop.call_soon_threadsafe(callback, *args)
 
 
 class FetchFailed(DrizzleError):
@@ -105,12 +124,15 @@ class ExecutorActor(Actor):
         inline_limit: int = 64 * 1024,
         fetch_timeout: float = 30.0,
         register_timeout: float = 30.0,
+        task_runner: TaskRunner | None = None,
     ) -> None:
         super().__init__(node)
         self.driver = driver
         self.cores = cores
         self.fetch_timeout = fetch_timeout
         self.register_timeout = register_timeout
+        self.task_runner = task_runner
+        """Runs tasks instead of the worker threads when set."""
         self.state = ExecutorState(
             executor_id="",
             cores=cores,
@@ -301,12 +323,7 @@ class ExecutorActor(Actor):
 
     def _run_command(self, command: Command) -> None:
         if isinstance(command, StartTask):
-            previous = self._last_submitted
-            mine: asyncio.Future[None] = self.node.loop.create_future()
-            self._last_submitted = mine
-            self.node.spawn(
-                self._run_task(command, previous, mine), name=f"task {command.spec.task_id}"
-            )
+            self._start(command)
         elif isinstance(command, SendToPeer):
             self.node.post(command.peer, "executor", command.message, self.name)
         elif isinstance(command, SendToDriver):
@@ -339,47 +356,89 @@ class ExecutorActor(Actor):
 
     # ------------------------------------------------------------------ tasks
 
+    def _start(self, command: StartTask) -> None:
+        """Hand the task to a worker now if all its inputs are here and no earlier task
+        is still on its way to one; otherwise fetch its inputs first, in a task."""
+        previous = self._last_submitted
+        if previous is None or previous.done():
+            began = self.node.clock()
+            try:
+                shuffle_inputs, wanted, _ = self._local_inputs(command)
+            except FetchFailed as exc:
+                self._inputs_failed(command.spec, exc)
+                return
+            if not wanted:
+                self._last_submitted = None
+                env = PreparedEnv(self.store, self.blobs, shuffle_inputs, {})
+                done = self._submit(command.spec, env, began)
+                done.add_done_callback(
+                    functools.partial(_call_soon, self.node.loop, self._task_done, command.spec)
+                )
+                return
+        mine: asyncio.Future[None] = self.node.loop.create_future()
+        self._last_submitted = mine
+        self.node.spawn(
+            self._run_task(command, previous, mine), name=f"task {command.spec.task_id}"
+        )
+
+    def _submit(
+        self, spec: TaskSpec, env: PreparedEnv, began: float
+    ) -> concurrent.futures.Future[TaskOutput] | asyncio.Future[TaskOutput]:
+        submitted = self.node.clock()
+        self.counters["fetch_s"] += submitted - began
+        if self.task_runner is not None:
+            return self.node.spawn(
+                self.task_runner(self.pipelines, spec, env, submitted), name=f"run {spec.task_id}"
+            )
+        return self.pool.submit(
+            execute, self.pipelines, spec.payload, spec.partition, env, submitted
+        )
+
     async def _run_task(
         self, command: StartTask, previous: asyncio.Future[None] | None, mine: asyncio.Future[None]
     ) -> None:
         spec = command.spec
-        counters = self.counters
-        began = time.perf_counter()
+        began = self.node.clock()
         try:
             try:
                 shuffle_inputs, remote_cached = await self._fetch_inputs(command)
-            except FetchFailed as exc:
-                if exc.peer:
-                    self._apply(InputsLost(spec.task_id, exc.peer, str(exc)))
-                else:
-                    self._apply(
-                        TaskErrored(spec.task_id, "FetchFailed", str(exc), "", retryable=False)
-                    )
-                return
             except DrizzleError as exc:
-                self._apply(TaskErrored(spec.task_id, "FetchFailed", str(exc), "", retryable=False))
+                self._inputs_failed(spec, exc)
                 return
             env = PreparedEnv(self.store, self.blobs, shuffle_inputs, remote_cached)
             if previous is not None and not previous.done():
                 await previous
-            submitted = time.perf_counter()
-            counters["fetch_s"] += submitted - began
-            running = self.node.loop.run_in_executor(
-                self.pool, execute, self.pipelines, spec.payload, spec.partition, env, submitted
-            )
+            running = asyncio.wrap_future(self._submit(spec, env, began))
         finally:
             if not mine.done():
                 mine.set_result(None)
+        await asyncio.wait([running])
+        self._task_done(spec, running)
+
+    def _inputs_failed(self, spec: TaskSpec, exc: DrizzleError) -> None:
+        if isinstance(exc, FetchFailed) and exc.peer:
+            self._apply(InputsLost(spec.task_id, exc.peer, str(exc)))
+        else:
+            self._apply(TaskErrored(spec.task_id, "FetchFailed", str(exc), "", retryable=False))
+
+    def _task_done(
+        self,
+        spec: TaskSpec,
+        done: asyncio.Future[TaskOutput] | concurrent.futures.Future[TaskOutput],
+    ) -> None:
         try:
-            output, waited, loaded, computed = await running
+            output, waited, loaded, computed = done.result()
+        except (asyncio.CancelledError, concurrent.futures.CancelledError):
+            return  # the executor is closing
         except Exception as exc:
             tb = "".join(traceback.format_exception(exc))
             self._apply(TaskErrored(spec.task_id, type(exc).__name__, str(exc), tb))
             return
+        counters = self.counters
         counters["queue_wait_s"] += waited
         counters["deserialize_s"] += loaded
         counters["compute_s"] += computed
-        finished = time.perf_counter()
+        finished = self.node.clock()
         if spec.shuffle_output is not None:
             assert isinstance(output, list)
             self.store.put_map_output(spec.shuffle_output.shuffle_id, spec.partition, output)
@@ -391,11 +450,18 @@ class ExecutorActor(Actor):
         else:
             assert isinstance(output, bytes)
             self._apply(TaskSucceeded(spec.task_id, value=output))
-        counters["notify_s"] += time.perf_counter() - finished
+        counters["notify_s"] += self.node.clock() - finished
 
-    async def _fetch_inputs(
+    def _local_inputs(
         self, command: StartTask
-    ) -> tuple[dict[tuple[int, int], list[bytes]], dict[tuple[int, int], list[Any]]]:
+    ) -> tuple[
+        dict[tuple[int, int], list[bytes]],
+        dict[str, list[BlockKey]],
+        dict[str, list[tuple[str, tuple[int, int], int]]],
+    ]:
+        """The task's shuffle inputs found here (written here or carried by notices),
+        and what must be fetched from which peer; raises ``FetchFailed`` if something
+        that should be here is not."""
         me = self.executor_id
         shuffle_inputs: dict[tuple[int, int], list[bytes]] = {}
         wanted: dict[str, list[BlockKey]] = defaultdict(list)
@@ -414,13 +480,19 @@ class ExecutorActor(Actor):
                 else:
                     wanted[holder].append(BlockKey(inp.shuffle_id, map_id, inp.partition))
                     slots[holder].append(("s", (inp.shuffle_id, inp.partition), map_id))
-        remote_cached: dict[tuple[int, int], list[Any]] = {}
         for key, holder in command.block_locations.items():
             if holder != me or key not in self.store.cached:
                 if holder == me:
                     raise FetchFailed(f"local cached partition {key} missing")
                 wanted[holder].append(BlockKey(key[0], key[1], -1))
                 slots[holder].append(("c", key, 0))
+        return shuffle_inputs, wanted, slots
+
+    async def _fetch_inputs(
+        self, command: StartTask
+    ) -> tuple[dict[tuple[int, int], list[bytes]], dict[tuple[int, int], list[Any]]]:
+        shuffle_inputs, wanted, slots = self._local_inputs(command)
+        remote_cached: dict[tuple[int, int], list[Any]] = {}
         if wanted:
             replies = await asyncio.gather(
                 *(self._fetch(peer, keys) for peer, keys in wanted.items())

@@ -10,6 +10,7 @@ This module knows nothing of msgpack or of any transport.
 from __future__ import annotations
 
 import dataclasses
+import operator
 import types
 import typing
 from collections.abc import Callable
@@ -93,44 +94,51 @@ def _generic_to_wire(value: Any) -> Any:
 
 
 def _compile_encoder(cls: type[Any]) -> Converter:
-    """An encoder for one record or message class: scalars pass through untouched."""
+    """An encoder for one record or message class, compiled from its field types:
+    scalars pass through untouched, nested records and tuples use their own encoders."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    plain = {int, str, bytes, float, bool, type(None)}
-
-    def is_plain(tp: Any) -> bool:
-        tp = getattr(tp, "__supertype__", tp)
-        if tp in plain:
-            return True
-        if typing.get_origin(tp) in (typing.Union, types.UnionType):
-            return all(is_plain(a) for a in typing.get_args(tp))
-        return False
-
-    def is_plain_tuple(tp: Any) -> bool:
-        args = typing.get_args(tp)
-        return (
-            typing.get_origin(tp) is tuple
-            and len(args) == 2
-            and args[1] is Ellipsis
-            and is_plain(args[0])
-        )
-
-    kinds = [0 if is_plain(hints[n]) else 1 if is_plain_tuple(hints[n]) else 2 for n in names]
-    spec = list(zip(names, kinds, strict=True))
+    fields = [(name, _field_encoder(hints[name])) for name in names]
+    getters = [operator.attrgetter(name) for name in names]
+    if all(enc is None for _, enc in fields):
+        return lambda value: [get(value) for get in getters]
+    spec = [(get, enc) for get, (_, enc) in zip(getters, fields, strict=True)]
 
     def encode(value: Any) -> list[Any]:
-        out = []
-        for name, kind in spec:
-            v = getattr(value, name)
-            if kind == 0:
-                out.append(v)
-            elif kind == 1:
-                out.append(list(v))
-            else:
-                out.append(to_wire(v))
-        return out
+        return [get(value) if enc is None else enc(get(value)) for get, enc in spec]
 
     return encode
+
+
+def _field_encoder(tp: Any) -> Converter | None:
+    """How to encode a value of type ``tp``; None: it is already a wire value."""
+    tp = getattr(tp, "__supertype__", tp)
+    if tp in (int, str, bytes, float, bool, type(None)):
+        return None
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            item = _field_encoder(args[0])
+            if item is None:
+                return list
+            return lambda v: [item(x) for x in v]
+        items = [_field_encoder(a) for a in args]
+        if all(i is None for i in items):
+            return list
+        return lambda v: [x if i is None else i(x) for i, x in zip(items, v, strict=True)]
+    if isinstance(tp, type) and (tp in _RECORDS or tp in TYPE_IDS):
+        return lambda v: _record_encoder(tp)(v)
+    if origin in (typing.Union, types.UnionType) and all(_field_encoder(a) is None for a in args):
+        return None
+    return to_wire  # unions of records, Any: decided per value
+
+
+def _record_encoder(cls: type[Any]) -> Converter:
+    encoder = _ENCODERS.get(cls)
+    if encoder is None:
+        encoder = _ENCODERS[cls] = _compile_encoder(cls)
+    return encoder
 
 
 def from_wire(cls: type[T], fields: Any) -> T:
@@ -175,7 +183,7 @@ def _compile(tp: Any, where: str) -> Converter:
             def var_tuple(v: Any) -> tuple[Any, ...]:
                 if not isinstance(v, list):
                     raise ProtocolError(f"{where}: expected a list, got {type(v).__name__}")
-                return tuple(item(x) for x in v)
+                return tuple([item(x) for x in v])
 
             return var_tuple
         items = [_compile(a, where) for a in args]
