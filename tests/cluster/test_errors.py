@@ -77,15 +77,27 @@ class FailOnce:
         return it
 
 
+def launches_of(post_log: PostLog, batch: int, stage: int, partition: int) -> list[tuple[str, int]]:
+    """(executor, attempt) of every launch of one task, in the order they were sent."""
+    return [
+        (p.peer, spec.attempt)
+        for p in post_log.of("LaunchGroup")
+        if isinstance(p.message, LaunchGroup)
+        for spec in p.message.tasks
+        if (spec.batch, spec.stage_id, spec.partition) == (batch, stage, partition)
+    ]
+
+
 def spec_of(post_log: PostLog, error: JobFailed) -> tuple[str, TaskSpec]:
-    """The launched task the error names, with the executor it was launched to."""
+    """The launched attempt the error names (the last), with its executor."""
+    assert error.attempts is not None
     found = [
         (p.peer, spec)
         for p in post_log.of("LaunchGroup")
         if isinstance(p.message, LaunchGroup)
         for spec in p.message.tasks
-        if (spec.batch, spec.stage_id, spec.partition)
-        == (error.batch, error.stage, error.partition)
+        if (spec.batch, spec.stage_id, spec.partition, spec.attempt)
+        == (error.batch, error.stage, error.partition, error.attempts - 1)
     ]
     assert len(found) == 1, found
     return found[0]
@@ -138,6 +150,10 @@ async def test_map_task_exception_names_where_it_happened(
         assert "test_errors.py" in tb
         assert "in __call__" in tb
         assert calls("map", 3, 2) == 2  # exactly max_task_attempts attempts
+        # The second attempt ran on another executor than the first.
+        attempts = launches_of(post_log, 3, spec.stage_id, 2)
+        assert [a for _, a in attempts] == [0, 1]
+        assert attempts[0][0] != attempts[1][0]
 
 
 async def test_result_task_exception_names_the_reducer(
@@ -174,7 +190,9 @@ async def test_default_attempts_is_four(ctx: Context) -> None:
         assert info.value.batch == 0
 
 
-async def test_task_failing_only_on_first_attempt_succeeds(make_context: MakeContext) -> None:
+async def test_task_failing_only_on_first_attempt_succeeds(
+    make_context: MakeContext, post_log: PostLog
+) -> None:
     async with asyncio.timeout(WAIT):
         ctx = await make_context("local[4]", max_task_attempts=2)
         before = sum(e.state.stats.retries for e in ctx.cluster.executors)
@@ -184,6 +202,18 @@ async def test_task_failing_only_on_first_attempt_succeeds(make_context: MakeCon
         assert [calls("once", 0, p) for p in range(4)] == [2, 2, 2, 2]
         after = sum(e.state.stats.retries for e in ctx.cluster.executors)
         assert after - before == 4
+        # Each partition's second attempt ran on another executor than its first.
+        for partition in range(4):
+            runs = [
+                (peer, spec.attempt)
+                for p in post_log.of("LaunchGroup")
+                if isinstance(p.message, LaunchGroup)
+                for spec in p.message.tasks
+                if spec.partition == partition and spec.shuffle_output is not None
+                for peer in [p.peer]
+            ]
+            assert [a for _, a in runs] == [0, 1], runs
+            assert runs[0][0] != runs[1][0], runs
         # With one attempt allowed, the same transient failure fails the job.
         strict = await make_context("local[2]", max_task_attempts=1)
         with pytest.raises(JobFailed) as info:

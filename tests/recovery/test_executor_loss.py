@@ -213,9 +213,10 @@ def recoveries(monkeypatch: pytest.MonkeyPatch) -> list[Recovery]:
         lost: set[str],
         delivered: set[tuple[int, int]],
         *rest: Any,
+        **options: Any,
     ) -> RecoveryPlan:
         tasks = {tid: (t.executor, t.spec) for tid, t in record.tasks.items()}
-        plan = real_plan_recovery(record, alive, lost, delivered, *rest)
+        plan = real_plan_recovery(record, alive, lost, delivered, *rest, **options)
         seen.append(
             Recovery(
                 frozenset(lost), frozenset(delivered), tasks, frozenset(record.result_task), plan

@@ -35,6 +35,7 @@ from drizzle.wire.messages import (
     MapOutputReady,
     ShuffleInput,
     ShuffleOutput,
+    TaskAttemptFailed,
     TaskFailed,
     TaskResult,
     TaskSpec,
@@ -415,15 +416,37 @@ def test_final_failure_frees_exactly_one_slot() -> None:
 # ------------------------------------------------------------------------ (i) retries
 
 
-def test_retry_then_failure_after_max_attempts() -> None:
+def test_failed_attempt_is_given_back_with_the_inputs_announced_here() -> None:
     state = ExecutorState(ME, cores=1, max_task_attempts=3)
     r = reducer(10, shuffle_id=7, num_maps=1, stage=1, batch=2, partition=1)
     state.handle(launch(4, r))
     assert state.handle(notice(7, 0, group_id=4)) == [start(r, 4, maps={7: {0: "e0"}})]
+    out = state.handle(TaskErrored(10, "ValueError", "boom", "tb"))
+    assert out == [
+        SendToDriver(
+            "driver",
+            TaskAttemptFailed(
+                4, 2, 1, 1, 10, 1, ME, "ValueError", "boom", "tb", (MapLocation(7, 0, "e0"),)
+            ),
+        )
+    ]
+    assert state.running == 0
+    assert state.unfinished_tasks() == 0
+    assert state.stats.retries == 1
+    assert state.handle(TaskSucceeded(10)) == []  # a late success of a given-back attempt
+
+
+def test_attempts_relaunched_here_fail_for_good_after_max_attempts() -> None:
+    state = ExecutorState(ME, cores=1, max_task_attempts=3)
+    r = reducer(10, shuffle_id=7, num_maps=1, stage=1, batch=2, partition=1)
+    state.handle(launch(4, r))
+    state.handle(notice(7, 0, group_id=4))
     for attempt in (1, 2):
         out = state.handle(TaskErrored(10, "ValueError", "boom", "tb"))
+        assert [type(c.message) for c in out if isinstance(c, SendToDriver)] == [TaskAttemptFailed]
         retried = TaskSpec(**{**_fields(r), "attempt": attempt})
-        assert out == [start(retried, 4, maps={7: {0: "e0"}})]
+        assert state.handle(launch(4, retried)) == [start(retried, 4, maps={7: {0: "e0"}})]
+        assert state.handle(launch(4, retried)) == []  # the same attempt twice: once
     out = state.handle(TaskErrored(10, "ValueError", "boom", "tb"))
     assert out == [
         SendToDriver("driver", TaskFailed(4, 2, 1, 1, 10, 3, ME, "ValueError", "boom", "tb"))
@@ -444,11 +467,13 @@ def test_non_retryable_error_fails_at_once() -> None:
     ]
 
 
-def test_retry_of_a_successful_attempt_reports_the_attempt() -> None:
+def test_success_of_a_later_attempt_reports_the_attempt() -> None:
     state = ExecutorState(ME, cores=1, max_task_attempts=4)
     t = spec(1)
     state.handle(launch(0, t))
     state.handle(TaskErrored(1, "E", "e", "tb"))
+    again = TaskSpec(**{**_fields(t), "attempt": 1})
+    assert state.handle(launch(0, again)) == [start(again)]
     out = state.handle(TaskSucceeded(1, value=b"ok"))
     assert out == [SendToDriver("driver", TaskResult(0, 0, 0, 0, 1, 1, ME, b"ok"))]
 

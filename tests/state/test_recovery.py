@@ -232,6 +232,70 @@ def test_layout_of_the_running_sum_in_a_steady_group() -> None:
 # -------------------------------------------------------------------- plan_recovery
 
 
+def test_a_failed_map_attempt_moves_to_another_executor_and_nothing_else_runs() -> None:
+    p = place_groups(4, 2)
+    batches = batches_of(p)
+    tid, failed_on = p.task(batches[1], MAP, 0)
+    delivered = {(batches[0], r) for r in range(R)}
+    map_outputs = {shuffle_of(p, batches[1]): {m: p.where(MAP, m) for m in (1, 2, 3)}}
+    plan = plan_recovery(
+        p.record,
+        list(EXECUTORS),
+        set(),
+        delivered,
+        map_outputs,
+        tracked_blocks(p, delivered, ""),
+        moved={tid: failed_on},
+    )
+    # Later micro-batches' maps are pending where they are: only the failed one moves.
+    [(home, [spec])] = plan.rerun.items()
+    assert spec.task_id == tid
+    assert home != failed_on
+    assert spec.attempt == 1
+    assert spec.shuffle_output is not None
+    assert spec.shuffle_output.notify == ("e0", "e1")  # its reducers stay where they are
+    assert plan.recomputed_maps == 0  # a new attempt, not a recomputation of lost output
+    assert p.record.tasks[tid].executor == home
+
+
+def test_a_failed_reducer_attempt_moves_and_its_maps_are_told_where() -> None:
+    p = place_groups(4, 2)
+    batches = batches_of(p)
+    tid, failed_on = p.task(batches[0], RESULT, 1)
+    sid = shuffle_of(p, batches[0])
+    every_map = {m: p.where(MAP, m) for m in range(M)}
+    plan = plan_recovery(
+        p.record,
+        list(EXECUTORS),
+        set(),
+        {(batches[0], 0)},
+        {sid: every_map},
+        tracked_blocks(p, {(batches[0], 0)}, ""),
+        moved={tid: failed_on},
+    )
+    [(home, [spec])] = plan.rerun.items()
+    assert (spec.task_id, spec.attempt) == (tid, 1)
+    # The reducer reads state written on its old executor: it stays with its writer
+    # unless the state is confirmed elsewhere; either way it learns where its maps are.
+    assert {(m.shuffle_id, m.map_id, m.executor_id) for m in plan.known_map_outputs} >= {
+        (sid, m, e) for m, e in every_map.items()
+    }
+    [reroute] = [r for r in plan.reroutes if r.shuffle_id == sid]
+    assert home in reroute.notify
+
+
+def test_with_one_executor_a_failed_attempt_runs_again_where_it_was() -> None:
+    dag = DagState()
+    gs = GroupSchedulerState()
+    gs.register("e0", 1, 0.0)
+    plan = dag.plan_group(0, requests(running_sum(2), 0))
+    gs.place(plan)
+    record = gs.records[0]
+    [tid] = [t for t, placed in record.tasks.items() if placed.spec.shuffle_output is not None][:1]
+    recovery = plan_recovery(record, ["e0"], set(), set(), {}, {}, moved={tid: "e0"})
+    assert [s.task_id for s in recovery.rerun["e0"]] == [tid]
+
+
 def test_losing_a_map_executor_reruns_exactly_the_lost_maps_of_undelivered_batches() -> None:
     G, k = 6, 2
     p = place_groups(G, 2)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from drizzle.actors.internal import (
@@ -34,16 +33,16 @@ class DagSchedulerActor(Actor):
 
     def receive(self, peer: str, sender: str, message: Any) -> None:
         if isinstance(message, PlanGroup):
-            began = time.perf_counter()
+            began = self.node.clock()
             try:
                 plan = self.state.plan_group(message.group_id, message.requests)
             except Exception as exc:
-                self.plan_s += time.perf_counter() - began
+                self.plan_s += self.node.clock() - began
                 self.node.post(
                     self.node.address, "driver", GroupNotLaunched(message.group_id, exc), self.name
                 )
                 return
-            self.plan_s += time.perf_counter() - began
+            self.plan_s += self.node.clock() - began
             self.node.post(self.node.address, "group", PlaceGroup(plan), self.name)
         elif isinstance(message, BlocksMoved):
             self.state.blocks_moved(message.group_id, message.moved)

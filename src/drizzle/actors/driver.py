@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,11 +28,12 @@ from drizzle.actors.internal import (
     GroupRecovered,
     PlanGroup,
     RecoverGroup,
+    RetryTask,
 )
 from drizzle.actors.node import Actor, Node, UnexpectedMessage
 from drizzle.errors import JobFailed
 from drizzle.scheduler.dag import BatchRequest
-from drizzle.wire.messages import TaskFailed, TaskResult
+from drizzle.wire.messages import TaskAttemptFailed, TaskFailed, TaskResult
 
 log = logging.getLogger("drizzle.driver")
 
@@ -53,7 +53,7 @@ class GroupRun:
     shuffle_ids: tuple[int, ...] = ()
     done: bool = False
     submitted_at: float = 0.0
-    """``time.perf_counter`` readings: the loop clock may tick in whole milliseconds."""
+    """``Node.clock`` readings (``time.perf_counter``, or virtual time under simulation)."""
     launched_at: float = 0.0
     deadline: asyncio.TimerHandle | None = None
     stats: dict[str, float] = field(default_factory=dict)
@@ -86,7 +86,7 @@ class GroupSummary:
 
 class DriverActor(Actor):
     name = "driver"
-    handles = (TaskResult, TaskFailed)
+    handles = (TaskResult, TaskFailed, TaskAttemptFailed)
 
     def __init__(self, node: Node, *, group_timeout: float = 600.0) -> None:
         super().__init__(node)
@@ -114,7 +114,7 @@ class DriverActor(Actor):
         group_id = self._next_group
         self._next_group += 1
         run = GroupRun(group_id, requests, self.node.loop.create_future())
-        run.submitted_at = time.perf_counter()
+        run.submitted_at = self.node.clock()
         self.groups[group_id] = run
         self.node.post(self.node.address, "dag", PlanGroup(group_id, requests), self.name)
         return run
@@ -129,9 +129,9 @@ class DriverActor(Actor):
 
     def receive(self, peer: str, sender: str, message: Any) -> None:
         if isinstance(message, TaskResult):
-            began = time.perf_counter()
+            began = self.node.clock()
             run = self._on_result(peer, message)
-            spent = time.perf_counter() - began
+            spent = self.node.clock() - began
             self.results_s += spent
             if run is not None:
                 run.results_s += spent
@@ -141,6 +141,8 @@ class DriverActor(Actor):
             self._on_launched(message)
         elif isinstance(message, TaskFailed):
             self._on_task_failed(peer, message)
+        elif isinstance(message, TaskAttemptFailed):
+            self._on_attempt_failed(peer, message)
         elif isinstance(message, GroupNotLaunched):
             run = self.groups.pop(message.group_id, None)
             if run is not None and not run.launched.done():
@@ -162,7 +164,10 @@ class DriverActor(Actor):
             run = self.groups.get(message.group_id)
             if run is not None:
                 run.participants = message.participants
-                run.recoveries += 1
+                if message.retried_task:
+                    run.stats["retried_tasks"] = run.stats.get("retried_tasks", 0) + 1
+                else:
+                    run.recoveries += 1
                 run.stats["recomputed_maps"] = (
                     run.stats.get("recomputed_maps", 0) + message.recomputed_maps
                 )
@@ -186,16 +191,35 @@ class DriverActor(Actor):
                 ),
             )
             return
-        delivered = frozenset(
-            (batch, partition)
-            for batch, slots in run.pending.items()
-            for partition, value in enumerate(slots)
-            if value is not _MISSING
-        )
         self.node.post(
             self.node.address,
             "tracker",
-            RecoverGroup(run.group_id, frozenset({executor_id}), delivered),
+            RecoverGroup(run.group_id, frozenset({executor_id}), _delivered(run)),
+            self.name,
+        )
+
+    def _on_attempt_failed(self, peer: str, msg: TaskAttemptFailed) -> None:
+        if msg.executor_id != peer:
+            raise UnexpectedMessage(f"failure report from {peer} claims {msg.executor_id}")
+        run = self.groups.get(msg.group_id)
+        if run is None or run.done or not run.launched.done():
+            return
+        log.warning(
+            "task of micro-batch %d (stage %d, partition %d) failed on %s (attempt %d): "
+            "%s: %s; running it again",
+            msg.batch,
+            msg.stage_id,
+            msg.partition,
+            peer,
+            msg.attempt,
+            msg.error_type,
+            msg.error,
+        )
+        retry = RetryTask(msg.task_id, msg.attempt, peer, msg.map_outputs)
+        self.node.post(
+            self.node.address,
+            "tracker",
+            RecoverGroup(run.group_id, frozenset(), _delivered(run), retry),
             self.name,
         )
 
@@ -205,7 +229,7 @@ class DriverActor(Actor):
             return
         run.participants = msg.participants
         run.shuffle_ids = msg.shuffle_ids
-        run.launched_at = time.perf_counter()
+        run.launched_at = self.node.clock()
         run.planned_s = run.launched_at - run.submitted_at
         run.stats["tasks"] = msg.num_tasks
         run.stats["launch_messages"] = msg.launch_messages
@@ -261,7 +285,7 @@ class DriverActor(Actor):
 
     def _complete(self, run: GroupRun) -> None:
         run.done = True
-        run.stats["wall"] = time.perf_counter() - run.submitted_at
+        run.stats["wall"] = self.node.clock() - run.submitted_at
         if run.deadline is not None:
             run.deadline.cancel()
         self.groups.pop(run.group_id, None)
@@ -337,3 +361,13 @@ class DriverActor(Actor):
     async def aclose(self) -> None:
         for run in list(self.groups.values()):
             self._fail(run, JobFailed("the context was closed"))
+
+
+def _delivered(run: GroupRun) -> frozenset[tuple[int, int]]:
+    """(micro-batch, partition) of every result of ``run`` the driver already has."""
+    return frozenset(
+        (batch, partition)
+        for batch, slots in run.pending.items()
+        for partition, value in enumerate(slots)
+        if value is not _MISSING
+    )

@@ -19,7 +19,7 @@ import logging
 import sys
 import traceback
 from collections import defaultdict
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
@@ -74,11 +74,10 @@ TaskOutput = tuple[list[bytes] | bytes, float, float, float]
 """A task's output (blocks per reducer, or a pickled result) and its (queue wait,
 deserialization, compute) seconds."""
 
-TaskRunner = Callable[
-    [PipelineCache, TaskSpec, PreparedEnv, float], Coroutine[Any, Any, TaskOutput]
-]
-"""``runner(pipelines, spec, env, submitted)`` runs a task on the event loop instead of
-a worker thread (the simulator's, which runs it inline and models its duration)."""
+TaskRunner = Callable[[PipelineCache, TaskSpec, PreparedEnv, float], asyncio.Future[TaskOutput]]
+"""``runner(pipelines, spec, env, submitted)`` runs a task instead of a worker thread and
+returns a future of its output (the simulator's: it runs the task inline and resolves
+the future after the task's modelled duration, on the virtual clock)."""
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, callback: Any, *args: Any) -> None:
@@ -387,9 +386,7 @@ class ExecutorActor(Actor):
         submitted = self.node.clock()
         self.counters["fetch_s"] += submitted - began
         if self.task_runner is not None:
-            return self.node.spawn(
-                self.task_runner(self.pipelines, spec, env, submitted), name=f"run {spec.task_id}"
-            )
+            return self.task_runner(self.pipelines, spec, env, submitted)
         return self.pool.submit(
             execute, self.pipelines, spec.payload, spec.partition, env, submitted
         )
@@ -426,6 +423,8 @@ class ExecutorActor(Actor):
         spec: TaskSpec,
         done: asyncio.Future[TaskOutput] | concurrent.futures.Future[TaskOutput],
     ) -> None:
+        if self.stopped.done():
+            return  # closed or crashed meanwhile: nothing more runs here
         try:
             output, waited, loaded, computed = done.result()
         except (asyncio.CancelledError, concurrent.futures.CancelledError):

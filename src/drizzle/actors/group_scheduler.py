@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-import time
 from typing import Any
 
 import cloudpickle
@@ -166,7 +165,7 @@ class GroupSchedulerActor(Actor):
 
     def _place(self, message: PlaceGroup) -> None:
         plan = message.plan
-        began = time.perf_counter()
+        began = self.node.clock()
         try:
             placement = self.state.place(plan)
         except NoExecutors as exc:
@@ -196,7 +195,7 @@ class GroupSchedulerActor(Actor):
         )
         for executor, launch in placement.launches.items():
             self.node.post(executor, "executor", launch, self.name)
-        self.place_s += time.perf_counter() - began
+        self.place_s += self.node.clock() - began
 
     def decommission(self, executor_id: str, reason: str) -> bool:
         """Let an executor leave at its next group boundary, without recomputation."""
@@ -217,16 +216,38 @@ class GroupSchedulerActor(Actor):
         if record is None:
             return
         alive = sorted(self.state.executors)
+        map_outputs = msg.map_outputs
+        retried: dict[int, str] = {}
+        retry = msg.retry
+        if retry is not None:
+            placed = record.tasks.get(retry.task_id)
+            if (
+                placed is None
+                or placed.executor != retry.executor_id
+                or placed.spec.attempt + 1 != retry.attempt
+            ):
+                return  # stale: a recovery has run the task elsewhere since
+            retried[retry.task_id] = retry.executor_id
+            map_outputs = {sid: dict(maps) for sid, maps in map_outputs.items()}
+            for loc in retry.map_outputs:
+                map_outputs.setdefault(loc.shuffle_id, {}).setdefault(loc.map_id, loc.executor_id)
         try:
             plan = plan_recovery(
-                record, alive, set(msg.lost), set(msg.delivered), msg.map_outputs, msg.blocks
+                record,
+                alive,
+                set(msg.lost),
+                set(msg.delivered),
+                map_outputs,
+                msg.blocks,
+                moved=retried,
             )
         except Unrecoverable as exc:
             self.node.post(
                 self.node.address, "driver", GroupNotRecovered(msg.group_id, str(exc)), self.name
             )
             return
-        record.recoveries += 1
+        if retry is None:
+            record.recoveries += 1
         targets = (record.participants | set(plan.rerun)) - msg.lost
         for executor in sorted(targets):
             if executor not in self.state.executors:
@@ -252,17 +273,35 @@ class GroupSchedulerActor(Actor):
         if moved:
             self.node.post(self.node.address, "dag", BlocksMoved(msg.group_id, moved), self.name)
         relaunched = sum(len(s) for s in plan.rerun.values())
-        log.warning(
-            "group %d recovered from the loss of %s: %d task(s) run again, %d of them maps",
-            msg.group_id,
-            ", ".join(sorted(msg.lost)),
-            relaunched,
-            plan.recomputed_maps,
-        )
+        if retry is not None:
+            where = next(
+                e for e, specs in plan.rerun.items() for t in specs if t.task_id in retried
+            )
+            log.info(
+                "group %d: task %d runs again on %s (attempt %d)",
+                msg.group_id,
+                retry.task_id,
+                where,
+                retry.attempt + 1,
+            )
+        else:
+            log.warning(
+                "group %d recovered from the loss of %s: %d task(s) run again, %d of them maps",
+                msg.group_id,
+                ", ".join(sorted(msg.lost)),
+                relaunched,
+                plan.recomputed_maps,
+            )
         self.node.post(
             self.node.address,
             "driver",
-            GroupRecovered(msg.group_id, record.participants, plan.recomputed_maps, relaunched),
+            GroupRecovered(
+                msg.group_id,
+                record.participants,
+                plan.recomputed_maps,
+                relaunched,
+                retried_task=retry is not None,
+            ),
             self.name,
         )
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from drizzle.plan import BlockId
 from drizzle.scheduler.dag import BatchRequest, GroupPlan
+from drizzle.wire.messages import MapLocation
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,12 +75,27 @@ class ExecutorLost:
 
 
 @dataclass(frozen=True, slots=True)
+class RetryTask:
+    """A failed attempt of one task, to run again on another executor where possible."""
+
+    task_id: int
+    attempt: int
+    """Attempts made so far."""
+    executor_id: str
+    """Where the failed attempt ran."""
+    map_outputs: tuple[MapLocation, ...]
+    """The task's shuffle inputs announced to that executor."""
+
+
+@dataclass(frozen=True, slots=True)
 class RecoverGroup:
-    """Driver → tracker: a running group lost executors; these results are in."""
+    """Driver → tracker: a running group lost executors, or a task of it needs another
+    attempt (``retry``); these results are in."""
 
     group_id: int
     lost: frozenset[str]
     delivered: frozenset[tuple[int, int]]
+    retry: RetryTask | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +107,7 @@ class RecoverWithOutputs:
     delivered: frozenset[tuple[int, int]]
     map_outputs: dict[int, dict[int, str]]
     blocks: dict[tuple[int, int], set[str]]
+    retry: RetryTask | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +116,8 @@ class GroupRecovered:
     participants: frozenset[str]
     recomputed_maps: int
     relaunched_tasks: int
+    retried_task: bool = False
+    """A task's new attempt, not the recovery from a loss."""
 
 
 @dataclass(frozen=True, slots=True)

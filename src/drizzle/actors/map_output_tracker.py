@@ -46,6 +46,7 @@ class MapOutputTrackerActor(Actor):
                     message.delivered,
                     dict(self.state.outputs_snapshot()),
                     {k: set(v) for k, v in self.state.blocks.items()},
+                    message.retry,
                 ),
                 self.name,
             )

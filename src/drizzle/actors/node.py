@@ -55,6 +55,9 @@ class Node:
         self.rejected_messages = 0
         self._last_reject_log = 0.0
         self.loop = asyncio.get_running_loop()
+        self.clock: Callable[[], float] = time.perf_counter
+        """What the actors' duration counters read: ``time.perf_counter`` (the loop's
+        clock may tick in whole milliseconds), or the virtual clock under simulation."""
 
     @property
     def address(self) -> str:

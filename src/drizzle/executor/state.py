@@ -7,8 +7,9 @@ the task is registered, and never twice. Runnable tasks start in priority order 
 micro-batch first; within a micro-batch, downstream stages first) while slots are free;
 with the barrier on, a task of micro-batch b starts only when no task of an earlier
 micro-batch of its group is unfinished here. Finished map tasks emit one notice per
-distinct reducer executor (locally it is applied at once) and one to the tracker.
-No I/O, no clock, no asyncio.
+distinct reducer executor (locally it is applied at once) and one to the tracker. A
+failed attempt, while attempts remain, is given back to the driver side, which runs
+the task again on another executor where it can. No I/O, no clock, no asyncio.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from drizzle.wire.messages import (
     FetchFailedReport,
     InlineBlock,
     LaunchGroup,
+    MapLocation,
     MapOutputReady,
     Reroute,
+    TaskAttemptFailed,
     TaskFailed,
     TaskResult,
     TaskSpec,
@@ -133,7 +136,14 @@ class ReplicateCached:
 class SendToDriver:
     target: str
     """Driver-side actor: ``tracker`` for notices, ``driver`` for results and failures."""
-    message: MapOutputReady | BlockReady | TaskResult | TaskFailed | FetchFailedReport
+    message: (
+        MapOutputReady
+        | BlockReady
+        | TaskResult
+        | TaskFailed
+        | TaskAttemptFailed
+        | FetchFailedReport
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,7 +354,8 @@ class ExecutorState:
         )
 
     def _register(self, group_id: int, spec: TaskSpec) -> None:
-        if spec.task_id in self.tasks:
+        known = self.tasks.get(spec.task_id)
+        if known is not None and (known.state != "done" or known.spec.attempt >= spec.attempt):
             return  # a duplicated launch: the task is already known
         output = spec.shuffle_output
         reroute = self._reroutes.get(output.shuffle_id) if output is not None else None
@@ -483,11 +494,32 @@ class ExecutorState:
             return
         spec = task.spec
         if event.retryable and spec.attempt + 1 < self.max_task_attempts:
-            self._running -= 1
-            self._pending.add(task.group_id, spec.batch)
+            # Give the task back: the group scheduler runs it again, elsewhere if it can.
+            self._finish(task, ran=False)
             self.stats.retries += 1
-            task.spec = _next_attempt(spec)
-            self._make_runnable(task)
+            known = tuple(
+                MapLocation(inp.shuffle_id, map_id, holder)
+                for inp in spec.shuffle_inputs
+                for map_id, holder in sorted(self.map_outputs.get(inp.shuffle_id, {}).items())
+            )
+            out.append(
+                SendToDriver(
+                    "driver",
+                    TaskAttemptFailed(
+                        task.group_id,
+                        spec.batch,
+                        spec.stage_id,
+                        spec.partition,
+                        spec.task_id,
+                        spec.attempt + 1,
+                        self.executor_id,
+                        event.error_type,
+                        event.error,
+                        event.traceback,
+                        known,
+                    ),
+                )
+            )
             return
         self._finish(task, ran=False)
         self.stats.tasks_failed += 1
@@ -621,7 +653,3 @@ class BatchCounts:
             self._batches.pop(group_id, None)
             return None
         return batches[0]
-
-
-def _next_attempt(spec: TaskSpec) -> TaskSpec:
-    return replace(spec, attempt=spec.attempt + 1)

@@ -5,7 +5,8 @@ driver already has), ``plan_recovery`` walks the group's lineage back from every
 result not yet delivered and re-runs only the tasks whose output is gone: tasks that
 were on a lost executor and are still needed, and the producers of lost inputs. The
 tasks still pending on live executors stay where they are; they are told which
-executors are gone and where the readers of each shuffle now are. Re-run tasks go to
+executors are gone and where the readers of each shuffle now are. A task whose attempt
+failed is moved the same way, to another live executor where it can. Re-run tasks go to
 the live executors, the same partition to the same executor, so a stateful chain
 stays local. Pure.
 """
@@ -50,10 +51,15 @@ def plan_recovery(
     delivered: set[tuple[int, int]],
     map_outputs: Mapping[int, Mapping[int, str]],
     blocks: Mapping[BlockId, set[str]],
+    *,
+    moved: Mapping[int, str] | None = None,
 ) -> RecoveryPlan:
+    """``moved``: task id → executor of its failed attempt; such a task runs again,
+    on another live executor where it can."""
     if not alive:
         raise Unrecoverable("no executors are left")
     alive_set = set(alive)
+    moved = moved or {}
 
     def map_alive(shuffle_id: int, map_id: int) -> str:
         holder = map_outputs.get(shuffle_id, {}).get(map_id, "")
@@ -71,7 +77,8 @@ def plan_recovery(
             continue
         needed.add(tid)
         placed = record.tasks[tid]
-        on_lost = placed.executor not in alive_set  # lost now, or in an earlier recovery
+        # Lost now, or in an earlier recovery, or leaving its failed attempt's executor.
+        on_lost = placed.executor not in alive_set or tid in moved
         for inp in placed.spec.shuffle_inputs:
             for map_id in range(inp.num_maps):
                 if not map_alive(inp.shuffle_id, map_id):
@@ -96,7 +103,7 @@ def plan_recovery(
     # partition stored locally wakes its local readers. Writers come first (earlier
     # micro-batch, upstream stage), so their new home is known when readers are placed.
     rerun_ids = sorted(
-        (tid for tid in needed if record.tasks[tid].executor not in alive_set),
+        (tid for tid in needed if record.tasks[tid].executor not in alive_set or tid in moved),
         key=lambda t: (record.tasks[t].spec.batch, record.tasks[t].spec.stage_id, t),
     )
     new_home: dict[int, str] = {}
@@ -109,10 +116,11 @@ def plan_recovery(
             and (w := record.producer.get((b.dataset_id, b.partition))) is not None
         ]
         live_writers = [e for e in writer_homes if e in alive_set]
+        others = [e for e in alive if e != moved.get(tid)] or alive
         new_home[tid] = (
             live_writers[0]
             if live_writers
-            else alive[(placed.position * 7919 + placed.spec.partition) % len(alive)]
+            else others[(placed.position * 7919 + placed.spec.partition) % len(others)]
         )
 
     def home(tid: int) -> str:
@@ -135,7 +143,7 @@ def plan_recovery(
         spec, where = placed.spec, new_home[tid]
         output = spec.shuffle_output
         if output is not None:
-            recomputed_maps += 1
+            recomputed_maps += tid not in moved
             output = _shuffle_output(
                 output.shuffle_id, output.num_reducers, readers.get(output.shuffle_id, {})
             )

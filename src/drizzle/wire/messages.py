@@ -384,6 +384,27 @@ class TaskFailed:
     traceback: str
 
 
+@message(33)
+@dataclass(frozen=True, slots=True)
+class TaskAttemptFailed:
+    """An attempt of a task failed and attempts remain: the executor gives the task
+    back, to run again on another executor where possible. ``attempt`` counts the
+    attempts made so far; ``map_outputs`` are the task's shuffle inputs announced to
+    this executor (so that its next home need not wait for the tracker to hear)."""
+
+    group_id: int
+    batch: int
+    stage_id: int
+    partition: int
+    task_id: int
+    attempt: int
+    executor_id: str
+    error_type: str
+    error: str
+    traceback: str
+    map_outputs: tuple[MapLocation, ...] = ()
+
+
 @message(32)
 @dataclass(frozen=True, slots=True)
 class ErrorReply:
