@@ -82,9 +82,10 @@ KNOWN_BUGS = {
     ),
     "B3": (
         "a group completes, and its cached partitions count as kept on two executors, "
-        "before the copy (ReplicateBlock) reaches the second: losing the writer then "
-        "ends in 'cannot recover: cached partition ... was only on' "
-        "(test_regressions.py, xfail)"
+        "before the copy (ReplicateBlock) reaches the second: if the copy never arrives "
+        "(dropped, or its writer lost before sending it), losing the writer ends in "
+        "'cannot recover: cached partition ... was only on' (a copy still on its way is "
+        "waited for: test_regressions.py)"
     ),
     "B4": (
         "after a recovery re-runs the writer of a cached partition elsewhere, the DAG still "

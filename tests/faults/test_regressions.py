@@ -13,9 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import pytest
-
-from drizzle import Context, Dataset, JobFailed
+from drizzle import Context, Dataset
 from drizzle.executor.state import (
     ExecutorState,
     GroupLaunched,
@@ -181,12 +179,6 @@ def running_sums_reference(batches: list[list[int]], keys: int = 2) -> list[list
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=JobFailed,
-    reason="B3 (not fixed: driver/DAG/tracker): a group completes, and its cached "
-    "partitions count as kept on two executors, before the copy reaches the second one",
-)
 async def test_losing_the_writer_of_state_whose_copy_is_still_in_flight() -> None:
     """Seed 401696 (base 400000): the copy (``ReplicateBlock``) of a cached partition
     that group 0 wrote on executor-1 is still on its way to executor-0 when group 0
@@ -194,8 +186,9 @@ async def test_losing_the_writer_of_state_whose_copy_is_still_in_flight() -> Non
     partition on both executors, but recovery only trusts the tracker, which has heard
     of the copy from no one yet: ``plan_recovery`` raises ``Unrecoverable`` and the run
     fails with "cannot recover: cached partition ... was only on executor-1", though
-    the copy lands a moment later. The group should not count as done (or the partition
-    as kept twice) before the copy is confirmed, or recovery should wait for it."""
+    the copy lands a moment later. Recovery now waits for a copy planned on a live
+    executor (asking the tracker again each heartbeat interval, for up to the heartbeat
+    timeout) before it gives up."""
     plan = FaultPlan(
         401696,
         rules=(Rule("delay", Match(kinds=frozenset({"ReplicateBlock"})), seconds=0.5),),

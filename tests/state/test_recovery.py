@@ -453,8 +453,19 @@ def test_cached_partition_of_an_earlier_group_without_a_copy_is_unrecoverable() 
     assert all(len(holders) == 1 for holders in p.plan.materialized.values())
     lost = p.where(RESULT, 0)
     blocks = {b: set(h) - {lost} for b, h in p.plan.materialized.items() if set(h) - {lost}}
-    with pytest.raises(Unrecoverable, match="cached partition"):
+    with pytest.raises(Unrecoverable, match="cached partition") as info:
         plan_recovery(p.record, alive_without(lost), {lost}, set(), {}, blocks)
+    assert not info.value.copy_expected  # no copy was planned: waiting cannot help
+
+
+def test_a_copy_planned_on_a_live_executor_but_not_confirmed_may_still_come() -> None:
+    p = place_groups(4, 2)
+    lost = p.where(RESULT, 0)
+    # The tracker has heard of no copy of what the lost executor wrote (yet).
+    blocks = {b: set(h[:1]) for b, h in p.plan.materialized.items() if h[0] != lost}
+    with pytest.raises(Unrecoverable, match="cached partition") as info:
+        plan_recovery(p.record, alive_without(lost), {lost}, set(), {}, blocks)
+    assert info.value.copy_expected
 
 
 def test_cached_partition_of_an_earlier_group_is_recovered_from_its_copy() -> None:

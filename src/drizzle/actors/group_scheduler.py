@@ -23,6 +23,7 @@ from drizzle.actors.internal import (
     GroupPlaced,
     GroupRecovered,
     PlaceGroup,
+    RecoverGroup,
     RecoverWithOutputs,
 )
 from drizzle.actors.node import Actor, Node, UnexpectedMessage
@@ -78,6 +79,8 @@ class GroupSchedulerActor(Actor):
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self.state = GroupSchedulerState(heartbeat_timeout=heartbeat_timeout)
+        self._copy_waits: dict[int, int] = {}
+        """Group → times its recovery waited for a cached partition's copy to land."""
         self.place_s = 0.0
         """Seconds spent placing groups and building their launch messages."""
         self.counters: dict[str, ExecutorCounters] = {}
@@ -128,9 +131,11 @@ class GroupSchedulerActor(Actor):
         elif isinstance(message, GroupCompleted):
             self.state.group_completed(set(message.participants), message.shuffle_ids)
             self.state.forget_group(message.group_id)
+            self._copy_waits.pop(message.group_id, None)
             self._release_drained()
         elif isinstance(message, GroupAborted):
             self.state.forget_group(message.group_id)
+            self._copy_waits.pop(message.group_id, None)
             self._release_drained()
             for executor in message.participants:
                 if executor in self.state.executors:
@@ -242,10 +247,13 @@ class GroupSchedulerActor(Actor):
                 moved=retried,
             )
         except Unrecoverable as exc:
+            if exc.copy_expected and self._wait_for_copies(msg):
+                return
             self.node.post(
                 self.node.address, "driver", GroupNotRecovered(msg.group_id, str(exc)), self.name
             )
             return
+        self._copy_waits.pop(msg.group_id, None)
         if retry is None:
             record.recoveries += 1
         targets = (record.participants | set(plan.rerun)) - msg.lost
@@ -304,6 +312,25 @@ class GroupSchedulerActor(Actor):
             ),
             self.name,
         )
+
+    def _wait_for_copies(self, msg: RecoverWithOutputs) -> bool:
+        """A cached partition's copy may still be on its way to a live executor: ask
+        the tracker again each heartbeat interval, for up to the heartbeat timeout."""
+        waited = self._copy_waits.get(msg.group_id, 0)
+        if waited * self.heartbeat_interval >= self.heartbeat_timeout:
+            self._copy_waits.pop(msg.group_id, None)
+            return False
+        self._copy_waits[msg.group_id] = waited + 1
+        again = RecoverGroup(msg.group_id, msg.lost, msg.delivered, msg.retry)
+        self.node.loop.call_later(
+            self.heartbeat_interval,
+            self.node.post,
+            self.node.address,
+            "tracker",
+            again,
+            self.name,
+        )
+        return True
 
     def on_peer_unreachable(self, peer: str, error: Exception) -> None:
         if self.state.remove(peer):

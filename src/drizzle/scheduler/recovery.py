@@ -30,7 +30,14 @@ from drizzle.wire.messages import (
 
 
 class Unrecoverable(Exception):
-    """The lost executors held something no task of the group can recompute."""
+    """The lost executors held something no task of the group can recompute.
+
+    ``copy_expected``: a copy of it was planned on a live executor that has not
+    confirmed it yet (it may still be on its way); asking again later may succeed."""
+
+    def __init__(self, reason: str, *, copy_expected: bool = False) -> None:
+        super().__init__(reason)
+        self.copy_expected = copy_expected
 
 
 @dataclass(frozen=True)
@@ -91,9 +98,11 @@ def plan_recovery(
             if producer is not None:
                 stack.append(producer)
             elif b.location not in alive_set:
+                planned = record.plan.materialized.get(key, ())
                 raise Unrecoverable(
                     f"cached partition {key[1]} of dataset {key[0]} was only on "
-                    f"{', '.join(sorted(lost))}"
+                    f"{', '.join(sorted(lost))}",
+                    copy_expected=any(e in alive_set for e in planned),
                 )
 
     # Re-run what was on a lost executor; a map whose output was lost with its
