@@ -355,13 +355,16 @@ def test_expired_removes_executors_with_stale_heartbeats() -> None:
     gs.register("e1", 1, now=0.0)
     gs.register("e2", 1, now=1.0)
     assert gs.heartbeat("e1", now=2.5)
+    assert gs.next_expiry() == 3.0  # e0's heartbeats become overdue first
     assert gs.expired(now=3.0) == []  # exactly the timeout is not yet stale
     assert gs.expired(now=3.5) == ["e0"]
     assert set(gs.executors) == {"e1", "e2"}
     assert not gs.heartbeat("e0", now=3.6)
     assert gs.expired(now=4.5) == ["e2"]
+    assert gs.next_expiry() == 5.5
     assert gs.expired(now=100.0) == ["e1"]
     assert gs.executors == {}
+    assert gs.next_expiry() is None
 
     plan = DagState().plan_group(0, requests([ParallelizedDataset(StubCtx(), range(4), 2)]))
     with pytest.raises(NoExecutors):

@@ -88,13 +88,17 @@ class GroupSchedulerActor(Actor):
         self._checker = node.spawn(self._check_liveness(), name="liveness")
 
     async def _check_liveness(self) -> None:
-        last = self.node.now()
+        """Every heartbeat interval, and at the moment an executor's heartbeats become
+        overdue (so that a loss is detected at the timeout, not up to an interval later)."""
         while True:
-            await asyncio.sleep(self.heartbeat_interval)
+            began = self.node.now()
+            wait = self.heartbeat_interval
+            due = self.state.next_expiry()
+            if due is not None:
+                wait = min(wait, max(due - began, 0.0) + 0.001)
+            await asyncio.sleep(wait)
             now = self.node.now()
-            stalled = now - last > 2 * self.heartbeat_interval
-            last = now
-            if stalled:
+            if now - began - wait > self.heartbeat_interval:
                 # This loop itself ran late: heartbeats may be waiting unread in the
                 # mailbox. Judge liveness once they have been read, next round.
                 continue

@@ -82,6 +82,12 @@ class GroupSchedulerState:
         info.last_heartbeat = now
         return True
 
+    def next_expiry(self) -> float | None:
+        """When the first executor's heartbeats become overdue, if none arrives."""
+        if not self.executors:
+            return None
+        return min(i.last_heartbeat for i in self.executors.values()) + self.heartbeat_timeout
+
     def expired(self, now: float) -> list[str]:
         """Executors whose heartbeats stopped; they are removed."""
         dead = [
