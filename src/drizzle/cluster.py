@@ -7,6 +7,8 @@ stopped here; each also exits by itself if this process dies. Unless told
 from a fresh secret made here, which reaches the executors through their environment,
 never their command line. ``tcp://host:port``: the driver listens and executors
 started elsewhere join; CURVE keys come from the options or ``DRIZZLE_SECRET``.
+``sim[N,cores]``: driver and N executors over a simulated network on the virtual clock
+of the running ``drizzle.sim`` loop (see ``drizzle/sim/``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from drizzle.actors.dag_scheduler import DagSchedulerActor
 from drizzle.actors.driver import DriverActor
@@ -38,8 +41,17 @@ from drizzle.transport.security import (
 )
 from drizzle.wire.codec import DEFAULT_MAX_FRAME
 
+if TYPE_CHECKING:
+    from drizzle.sim.model import SimConfig
+    from drizzle.sim.network import SimNetwork
+
 log = logging.getLogger("drizzle.cluster")
 _cluster_ids = itertools.count()
+
+SIM_DRIVER = "inproc://sim/driver"
+SIM_EXECUTOR = "inproc://sim/executor-"
+"""Addresses in a ``sim`` cluster are fixed (a run's trace does not depend on the
+process); executor numbers are zero-padded so that their order is numeric."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +74,8 @@ class ClusterOptions:
     """A key directory made by ``python -m drizzle.node keygen --out DIR``."""
     key_name: str = DEFAULT_KEY_NAME
     max_frame: int = DEFAULT_MAX_FRAME
+    sim: SimConfig | None = field(default=None, compare=False)
+    """``sim``: the simulated network and costs (None: the defaults)."""
 
 
 @dataclass
@@ -77,6 +91,8 @@ class Cluster:
     executors: list[ExecutorActor] = field(default_factory=list)
     processes: list[asyncio.subprocess.Process] = field(default_factory=list)
     network: InProcNetwork | None = None
+    sim: SimNetwork | None = None
+    """The simulated network of a ``sim`` cluster: its clock, costs, trace, ``kill``."""
     curve: CurveKeys | None = field(default=None, repr=False)
     """The CURVE keys of the cluster's zmq connections; None: not authenticated."""
     _executor_args: list[str] = field(default_factory=list, repr=False)
@@ -93,6 +109,11 @@ class Cluster:
                 self.network = InProcNetwork(check_codec=opts.check_codec)
             name = f"inproc://drizzle-{os.getpid()}-{next(_cluster_ids)}"
             transport = InProcTransport(f"{name}/driver", network=self.network)
+        elif kind == "sim":
+            from drizzle.sim.network import SimNetwork
+
+            self.sim = SimNetwork(opts.sim)
+            self.network = self.sim
         elif kind == "local-cluster":
             self._local_cluster_keys()
             transport = open_transport(
@@ -112,7 +133,7 @@ class Cluster:
                     insecure=opts.insecure, max_frame=opts.max_frame, curve=self.curve
                 ),
             )
-        node = Node(transport)
+        node = self.sim.node(SIM_DRIVER) if self.sim is not None else Node(transport)
         self.driver_node = node
         self.driver = DriverActor(node, group_timeout=opts.group_timeout)
         self.dag = DagSchedulerActor(node)
@@ -129,6 +150,10 @@ class Cluster:
             if kind == "local":
                 for i in range(self.master.executors):
                     await self._start_inproc_executor(f"{name}/executor-{i}")
+            elif kind == "sim":
+                width = max(4, len(str(self.master.executors - 1)))
+                for i in range(self.master.executors):
+                    await self._start_inproc_executor(f"{SIM_EXECUTOR}{i:0{width}d}")
             elif kind == "local-cluster":
                 await self._spawn_processes()
             await self.driver.wait_executors(self.master.executors, opts.start_timeout)
@@ -144,7 +169,14 @@ class Cluster:
 
     async def _start_inproc_executor(self, address: str) -> None:
         assert self.driver_node is not None
-        node = Node(InProcTransport(address, network=self.network))
+        runner = None
+        if self.sim is not None:
+            from drizzle.sim.runner import SimTaskRunner
+
+            node: Node = self.sim.node(address)
+            runner = SimTaskRunner(self.sim, address)
+        else:
+            node = Node(InProcTransport(address, network=self.network))
         actor = ExecutorActor(
             node,
             self.driver_node.address,
@@ -152,6 +184,7 @@ class Cluster:
             barrier=self.options.barrier,
             max_task_attempts=self.options.max_task_attempts,
             inline_limit=self.options.inline_block_limit,
+            task_runner=runner,
         )
         node.add(actor)
         await node.start()
@@ -216,10 +249,14 @@ class Cluster:
             self.processes.append(proc)
 
     async def close(self) -> None:
+        if self.sim is not None:
+            await self.sim.settle()
         if self.driver_node is not None:
             await self.driver_node.close()  # tells every executor to stop
         for node in self.executor_nodes:
             await node.close()
+        if self.sim is not None:
+            await self.sim.aclose()
         for proc in self.processes:
             try:
                 await asyncio.wait_for(proc.wait(), 5.0)

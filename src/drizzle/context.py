@@ -12,7 +12,6 @@ Prometheus.
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
@@ -28,6 +27,7 @@ from drizzle.wire.codec import DEFAULT_MAX_FRAME
 
 if TYPE_CHECKING:
     from drizzle.prometheus import MetricsServer
+    from drizzle.sim.model import SimConfig
 
 JobFunc = Callable[[Iterator[Any]], Any]
 GroupSize = int | Literal["auto"]
@@ -38,8 +38,10 @@ class Context:
 
     Args:
         master: ``local[N]`` (N in-process executors), ``local-cluster[N,cores]`` (N
-            executor processes on this machine), or ``tcp://host:port`` (listen for
-            executors started with ``python -m drizzle.node executor``).
+            executor processes on this machine), ``tcp://host:port`` (listen for
+            executors started with ``python -m drizzle.node executor``), or
+            ``sim[N,cores]`` (N simulated executors on a virtual clock; run the program
+            with ``drizzle.sim.run``, see docs/simulation.md).
         executors: for ``tcp://``, how many executors to wait for at start.
         heartbeat_interval, heartbeat_timeout: executor liveness, in seconds.
         barrier: on an executor, start micro-batch b+1 only after micro-batch b's tasks.
@@ -62,6 +64,8 @@ class Context:
         metrics_port: serve ``metrics()`` to Prometheus on ``metrics_host:metrics_port``
             from ``start()`` on (0: any free port; see ``serve_metrics``). Needs the
             ``metrics`` extra (prometheus-client).
+        sim: for ``sim[N,cores]``, the simulated network, CPU and compute costs
+            (``drizzle.sim.SimConfig``; default: the calibrated defaults).
     """
 
     def __init__(
@@ -86,6 +90,7 @@ class Context:
         keys: str | None = None,
         key_name: str = "default",
         max_frame: int = DEFAULT_MAX_FRAME,
+        sim: SimConfig | None = None,
     ) -> None:
         self.master = parse_master(master, executors)
         if heartbeat_interval <= 0 or heartbeat_timeout <= heartbeat_interval:
@@ -107,6 +112,7 @@ class Context:
             keys=keys,
             key_name=key_name,
             max_frame=max_frame,
+            sim=sim,
         )
         if tuner is not None and not isinstance(tuner, TunerConfig):
             raise TypeError(f"tuner must be a TunerConfig, got {type(tuner).__name__}")
@@ -261,14 +267,14 @@ class Context:
             size = self.tuner.group_size if auto else group_size
             assert isinstance(size, int)
             totals = collector.group_started(cluster)
-            began = time.perf_counter()
+            began = driver.node.clock()
             run = driver.submit_group(requests[start : start + size])
             batches = await run.launched
             last = batches[-1]
             for batch in batches:
                 result = await run.results[batch]
                 if batch == last:  # the group is complete: measure it before yielding
-                    wall = time.perf_counter() - began
+                    wall = driver.node.clock() - began
                     collector.group_finished(cluster, run, size, wall, totals, auto)
                 yield result
             start += len(batches)

@@ -1,4 +1,5 @@
-"""Parsing of master URLs: ``local[N]``, ``local-cluster[N,cores]``, ``tcp://host:port``."""
+"""Parsing of master URLs: ``local[N]``, ``local-cluster[N,cores]``, ``tcp://host:port``,
+``sim[N,cores]``."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Master:
     kind: str
-    """``local``, ``local-cluster`` or ``remote``."""
+    """``local``, ``local-cluster``, ``remote`` or ``sim``."""
     executors: int
     cores: int
     address: str = ""
@@ -19,6 +20,7 @@ class Master:
 
 _LOCAL = re.compile(r"local(?:\[(\*|\d+)\])?")
 _CLUSTER = re.compile(r"local-cluster\[(\d+)(?:\s*,\s*(\d+))?(?:\s*,\s*\d+)?\]")
+_SIM = re.compile(r"sim\[(\d+)(?:\s*,\s*(\d+))?\]")
 _TCP = re.compile(r"tcp://([^:/\s]+|\[[0-9a-fA-F:]+\]):(\d+)")
 
 
@@ -38,6 +40,11 @@ def parse_master(master: str, executors: int | None = None) -> Master:
         if n <= 0 or cores <= 0:
             raise ValueError(f"master {master!r}: executors and cores must be positive")
         return Master("local-cluster", n, cores)
+    if m := _SIM.fullmatch(text):
+        n, cores = int(m.group(1)), int(m.group(2) or 1)
+        if n <= 0 or cores <= 0:
+            raise ValueError(f"master {master!r}: executors and cores must be positive")
+        return Master("sim", n, cores)
     if m := _TCP.fullmatch(text):
         port = int(m.group(2))
         if not 0 <= port <= 65535:
@@ -45,5 +52,5 @@ def parse_master(master: str, executors: int | None = None) -> Master:
         return Master("remote", executors if executors is not None else 1, 1, text)
     raise ValueError(
         f"bad master URL {master!r}; expected local, local[N], local[*], "
-        "local-cluster[N] or local-cluster[N,cores], or tcp://host:port"
+        "local-cluster[N] or local-cluster[N,cores], tcp://host:port, or sim[N,cores]"
     )

@@ -66,7 +66,7 @@ class GroupMetrics:
     tasks: int
     launch_messages: int
     wall_s: float
-    """Submission to last result (``time.perf_counter``)."""
+    """Submission to last result (``Node.clock``: ``time.perf_counter``, or virtual time)."""
     coordination_s: float
     """Driver-side work (``GroupSummary.coordination_s``): planning, placement and
     launch, result handling."""

@@ -7,8 +7,9 @@ result, a map-output notice, a launch whose task unpickles a payload that create
 marker directory, a cached-block copy carrying the same payload, a block fetch. Each
 one's handshake fails (seen by its socket monitor, and counted by the driver), no
 executor joins, the marker never appears, and the cluster keeps working. A control
-sends the same payloads with the cluster's keys and sees them run: the payloads are
-live, so their absence above means the door was shut.
+sends the same payloads with the cluster's keys: the block copy runs (the payloads are
+live, so their absence above means the door was shut), and the launch is still refused,
+for only the driver may launch tasks.
 """
 
 from __future__ import annotations
@@ -139,7 +140,11 @@ async def test_a_peer_without_the_keys_gets_nothing(tmp_path: Path) -> None:
         assert driver_node.rejected_messages == rejected  # no frame reached an actor
         assert not marker.exists()
 
-        # Control: the same kinds of payload, sent with the cluster's keys, do run.
+        # Control: with the cluster's keys, a cached-block copy (which any executor may
+        # send) carrying the same payload does run: the payloads are live. A launch is
+        # refused even then, for it does not come from the driver: the executor reads
+        # it before the copy (one connection, in order), and its one worker would have
+        # run the launched task before the legitimate tasks that follow.
         launched = tmp_path / "control-launch"
         replicated = tmp_path / "control-replicate"
         control = [
@@ -148,5 +153,8 @@ async def test_a_peer_without_the_keys_gets_nothing(tmp_path: Path) -> None:
         ]
         event = await raw_send(executor, control, keys=cluster_client_keys(keys))
         assert event == "HANDSHAKE_SUCCEEDED"
-        await wait_until(lambda: launched.exists() and replicated.exists())
+        await wait_until(replicated.exists)
+        results = await ctx.run_jobs(legit_batches(ctx, 4), group_size=2)
+        assert flatten(results) == legit_expected(4)
+        assert not launched.exists()
         assert not marker.exists()

@@ -252,9 +252,13 @@ class DriverActor(Actor):
             )
 
     def _on_result(self, peer: str, msg: TaskResult) -> GroupRun | None:
+        if msg.executor_id != peer:
+            raise UnexpectedMessage(f"result from {peer} claims executor {msg.executor_id}")
         run = self.groups.get(msg.group_id)
         if run is None or run.done:
             return None
+        if peer not in run.participants:
+            raise UnexpectedMessage(f"result from {peer}, which runs no task of the group")
         slots = run.pending.get(msg.batch)
         if slots is None or not 0 <= msg.partition < len(slots):
             raise UnexpectedMessage(f"result for unknown task from {peer}: {msg.batch}")
@@ -315,6 +319,8 @@ class DriverActor(Actor):
         )
 
     def _on_task_failed(self, peer: str, msg: TaskFailed) -> None:
+        if msg.executor_id != peer:
+            raise UnexpectedMessage(f"failure report from {peer} claims {msg.executor_id}")
         run = self.groups.get(msg.group_id)
         if run is None or run.done:
             return

@@ -70,6 +70,17 @@ from drizzle.wire.messages import (
 
 log = logging.getLogger("drizzle.executor")
 
+_FROM_DRIVER_ONLY = (
+    LaunchGroup,
+    CancelGroup,
+    ReleaseBlocks,
+    StopExecutor,
+    HeartbeatAck,
+    ExecutorRegistered,
+    RegistrationRefused,
+)
+"""Messages an executor accepts from the driver's node only."""
+
 TaskOutput = tuple[list[bytes] | bytes, float, float, float]
 """A task's output (blocks per reducer, or a pickled result) and its (queue wait,
 deserialization, compute) seconds."""
@@ -269,6 +280,12 @@ class ExecutorActor(Actor):
     # ------------------------------------------------------------------ messages
 
     def receive(self, peer: str, sender: str, message: Any) -> None:
+        if isinstance(message, _FROM_DRIVER_ONLY) and peer != self.driver:
+            raise UnexpectedMessage(
+                f"{type(message).__name__} from {peer}: only the driver sends it"
+            )
+        if isinstance(message, (MapOutputReady, BlockReady)) and message.executor_id != peer:
+            raise UnexpectedMessage(f"notice from {peer} claims executor {message.executor_id}")
         if isinstance(message, MapOutputReady):
             if message.inline:
                 self.store.put_inline(message.shuffle_id, message.map_id, message.inline)
@@ -276,6 +293,8 @@ class ExecutorActor(Actor):
         elif isinstance(message, FetchBlocks):
             self._serve(peer, sender, message)
         elif isinstance(message, BlocksFetched):
+            if self._fetch_peers.get(message.request_id) != peer:
+                raise UnexpectedMessage(f"blocks from {peer} answer no request made to it")
             fut = self._fetches.pop(message.request_id, None)
             if fut is not None and not fut.done():
                 fut.set_result(message)
