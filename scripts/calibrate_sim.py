@@ -107,6 +107,24 @@ class Counter(Actor):
             self.done.set()
 
 
+async def per_message(
+    sender: Node, to: str, counter: Counter, message: Any, n: int, rounds: int
+) -> float:
+    """Median over ``rounds`` of the CPU seconds per message of posting ``n`` messages
+    from ``sender`` to ``counter`` (at node ``to``) until all have arrived."""
+    samples = []
+    for _ in range(rounds):
+        counter.seen = 0
+        counter.done.clear()
+        t0 = cpu()
+        for _ in range(n):
+            sender.post(to, "counter", message, "bench")
+        async with asyncio.timeout(30):
+            await counter.done.wait()
+        samples.append((cpu() - t0) / n)
+    return statistics.median(samples)
+
+
 async def node_costs(message: Any, n: int, rounds: int) -> float:
     """CPU seconds per message from ``Node.post`` on one node to the actor on another."""
     sender = Node(ZmqTransport("tcp://127.0.0.1:0", TransportOptions()))
@@ -120,21 +138,11 @@ async def node_costs(message: Any, n: int, rounds: int) -> float:
     async with asyncio.timeout(30):
         await counter.done.wait()
     counter.want = n
-    samples = []
     try:
-        for _ in range(rounds):
-            counter.seen = 0
-            counter.done.clear()
-            t0 = cpu()
-            for _ in range(n):
-                sender.post(receiver.address, "counter", message, "bench")
-            async with asyncio.timeout(30):
-                await counter.done.wait()
-            samples.append((cpu() - t0) / n)
+        return await per_message(sender, receiver.address, counter, message, n, rounds)
     finally:
         await sender.close()
         await receiver.close()
-    return statistics.median(samples)
 
 
 async def internal_cost(n: int, rounds: int) -> float:
@@ -143,20 +151,10 @@ async def internal_cost(n: int, rounds: int) -> float:
     counter = Counter(node, n)
     node.add(counter)
     await node.start()
-    samples = []
     try:
-        for _ in range(rounds):
-            counter.seen = 0
-            counter.done.clear()
-            t0 = cpu()
-            for _ in range(n):
-                node.post(node.address, "counter", SMALL, "bench")
-            async with asyncio.timeout(30):
-                await counter.done.wait()
-            samples.append((cpu() - t0) / n)
+        return await per_message(node, node.address, counter, SMALL, n, rounds)
     finally:
         await node.close()
-    return statistics.median(samples)
 
 
 # ----------------------------------------------------------------------------- driver

@@ -493,53 +493,31 @@ class ExecutorState:
         if task is None or task.state != "running":
             return
         spec = task.spec
+        report = (
+            task.group_id,
+            spec.batch,
+            spec.stage_id,
+            spec.partition,
+            spec.task_id,
+            spec.attempt + 1,
+            self.executor_id,
+            event.error_type,
+            event.error,
+            event.traceback,
+        )
+        self._finish(task, ran=False)
         if event.retryable and spec.attempt + 1 < self.max_task_attempts:
             # Give the task back: the group scheduler runs it again, elsewhere if it can.
-            self._finish(task, ran=False)
             self.stats.retries += 1
             known = tuple(
                 MapLocation(inp.shuffle_id, map_id, holder)
                 for inp in spec.shuffle_inputs
                 for map_id, holder in sorted(self.map_outputs.get(inp.shuffle_id, {}).items())
             )
-            out.append(
-                SendToDriver(
-                    "driver",
-                    TaskAttemptFailed(
-                        task.group_id,
-                        spec.batch,
-                        spec.stage_id,
-                        spec.partition,
-                        spec.task_id,
-                        spec.attempt + 1,
-                        self.executor_id,
-                        event.error_type,
-                        event.error,
-                        event.traceback,
-                        known,
-                    ),
-                )
-            )
+            out.append(SendToDriver("driver", TaskAttemptFailed(*report, known)))
             return
-        self._finish(task, ran=False)
         self.stats.tasks_failed += 1
-        out.append(
-            SendToDriver(
-                "driver",
-                TaskFailed(
-                    task.group_id,
-                    spec.batch,
-                    spec.stage_id,
-                    spec.partition,
-                    spec.task_id,
-                    spec.attempt + 1,
-                    self.executor_id,
-                    event.error_type,
-                    event.error,
-                    event.traceback,
-                ),
-            )
-        )
+        out.append(SendToDriver("driver", TaskFailed(*report)))
 
     def _on_cancel(self, group_id: int) -> None:
         for task in self.tasks.values():
