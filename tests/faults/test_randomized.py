@@ -78,7 +78,7 @@ KNOWN_BUGS = {
         "after the driver's event loop stalls (machine load) for longer than the "
         "heartbeat timeout, the liveness check declares executors lost before reading "
         "their pending heartbeats: 'no executors are left' or a deadline; excused only "
-        "while the event loop was measured to lag (test_regressions.py, xfail)"
+        "while the event loop was measured to lag (fixed: test_regressions.py guards it)"
     ),
     "B3": (
         "a group completes, and its cached partitions count as kept on two executors, "
@@ -92,11 +92,11 @@ KNOWN_BUGS = {
         "records the first placement minus the lost executor: the next group reads the "
         "partition on the planned copy's executor, which may not have it yet, and fails "
         "at once with 'FetchFailed: local cached partition ... missing' "
-        "(test_regressions.py, xfail)"
+        "(fixed: test_regressions.py guards it)"
     ),
 }
-"""Engine bugs not fixed here (outside the files this suite may change). Runs that show
-one are listed in the summary by seed; B3 and B4 runs count as failed recoveries."""
+"""Engine bugs found by this suite, fixed or not: runs that show one's signature are
+listed in the summary by seed; B3 and B4 runs count as failed recoveries."""
 
 
 # ----------------------------------------------------------------------------- the job
