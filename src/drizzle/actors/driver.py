@@ -257,8 +257,6 @@ class DriverActor(Actor):
         run = self.groups.get(msg.group_id)
         if run is None or run.done:
             return None
-        if peer not in run.participants:
-            raise UnexpectedMessage(f"result from {peer}, which runs no task of the group")
         slots = run.pending.get(msg.batch)
         if slots is None or not 0 <= msg.partition < len(slots):
             raise UnexpectedMessage(f"result for unknown task from {peer}: {msg.batch}")
