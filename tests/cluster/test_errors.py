@@ -222,6 +222,37 @@ async def test_task_failing_only_on_first_attempt_succeeds(
         assert "transient failure of partition" in info.value.remote_traceback
 
 
+def group_once(records: Iterator[tuple[int, Any]]) -> list[tuple[int, list[Any]]]:
+    """A reducer that fails on its first call in this test, then behaves."""
+    groups = list(records)
+    if _count("reducer", 0, 0) == 1:
+        raise RuntimeError("transient failure of the reducer")
+    return [(k, sorted(v)) for k, v in groups]
+
+
+async def test_an_executor_a_retry_moved_away_from_releases_the_shuffle(
+    make_context: MakeContext,
+) -> None:
+    async with asyncio.timeout(WAIT):
+        ctx = await make_context("local[3]")
+        src = ctx.parallelize(range(8), 2)
+
+        def job() -> Any:
+            return src.map(lambda x: (0, x)).group_by_key(1).map_partitions(group_once)
+
+        for _ in range(5):  # the first group's reducer runs twice, on two executors
+            [[result]] = await ctx.run_jobs([job()], group_size=1)
+            assert result == [(0, list(range(8)))]
+        assert calls("reducer", 0, 0) == 6
+        # Shuffles are released with the next launch: only the last group's is left.
+        held = {
+            e.executor_id: set(e.store._shuffle_keys)
+            for e in ctx.cluster.executors
+            if e.store._shuffle_keys
+        }
+        assert len({sid for sids in held.values() for sid in sids}) == 1, held
+
+
 async def test_unpicklable_result_fails_the_job(ctx: Context) -> None:
     async with asyncio.timeout(WAIT):
         with pytest.raises(JobFailed) as info:

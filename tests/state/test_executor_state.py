@@ -413,6 +413,23 @@ def test_final_failure_frees_exactly_one_slot() -> None:
     assert state.running == 1
 
 
+@pytest.mark.parametrize("barrier", [True, False])
+def test_finished_groups_leave_no_bookkeeping_behind(barrier: bool) -> None:
+    state = ExecutorState(ME, cores=2, barrier=barrier)
+    task_id = 0
+    for group_id in range(200):
+        specs = [spec(task_id + i, batch=b, partition=i) for i, b in enumerate((0, 0, 1, 1))]
+        task_id += len(specs)
+        running = started(state.handle(launch(group_id, *specs)))
+        while running:
+            running += started(state.handle(TaskSucceeded(running.pop(0), value=b"v")))
+    assert state.unfinished_tasks() == 0
+    for counts in (state._pending, state._unfinished):
+        assert counts.earliest(0) is None
+        assert not counts._counts
+        assert not counts._batches  # no heap left per finished group
+
+
 # ------------------------------------------------------------------------ (i) retries
 
 

@@ -138,6 +138,10 @@ class ExecutorActor(Actor):
     ) -> None:
         super().__init__(node)
         self.driver = driver
+        self._driver_peer = driver
+        """The driver as its messages name it (its bound address, which may differ from
+        the address given to connect to it: a host name, ``localhost``); learnt from
+        the answer to the registration."""
         self.cores = cores
         self.fetch_timeout = fetch_timeout
         self.register_timeout = register_timeout
@@ -266,7 +270,7 @@ class ExecutorActor(Actor):
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     def on_peer_unreachable(self, peer: str, error: Exception) -> None:
-        if peer == self.driver:
+        if peer in (self.driver, self._driver_peer):
             self._stop(f"driver unreachable: {error}")
             return
         self._fail_fetches(peer, f"unreachable: {error}")
@@ -280,10 +284,17 @@ class ExecutorActor(Actor):
     # ------------------------------------------------------------------ messages
 
     def receive(self, peer: str, sender: str, message: Any) -> None:
-        if isinstance(message, _FROM_DRIVER_ONLY) and peer != self.driver:
-            raise UnexpectedMessage(
-                f"{type(message).__name__} from {peer}: only the driver sends it"
-            )
+        if isinstance(message, _FROM_DRIVER_ONLY) and peer != self._driver_peer:
+            if (
+                isinstance(message, (ExecutorRegistered, RegistrationRefused))
+                and not self._registered.done()
+                and message.executor_id == self.executor_id
+            ):
+                self._driver_peer = peer  # the answer to our registration
+            else:
+                raise UnexpectedMessage(
+                    f"{type(message).__name__} from {peer}: only the driver sends it"
+                )
         if isinstance(message, (MapOutputReady, BlockReady)) and message.executor_id != peer:
             raise UnexpectedMessage(f"notice from {peer} claims executor {message.executor_id}")
         if isinstance(message, MapOutputReady):

@@ -133,7 +133,9 @@ class GroupSchedulerActor(Actor):
         elif isinstance(message, RegisterExecutor):
             self._register(peer, sender, message)
         elif isinstance(message, GroupCompleted):
-            self.state.group_completed(set(message.participants), message.shuffle_ids)
+            record = self.state.records.get(message.group_id)
+            holders = set(message.participants) | (record.left if record else set())
+            self.state.group_completed(holders, message.shuffle_ids)
             self.state.forget_group(message.group_id)
             self._copy_waits.pop(message.group_id, None)
             self._release_drained()
@@ -237,6 +239,7 @@ class GroupSchedulerActor(Actor):
             ):
                 return  # stale: a recovery has run the task elsewhere since
             retried[retry.task_id] = retry.executor_id
+            record.left.add(retry.executor_id)
             map_outputs = {sid: dict(maps) for sid, maps in map_outputs.items()}
             for loc in retry.map_outputs:
                 map_outputs.setdefault(loc.shuffle_id, {}).setdefault(loc.map_id, loc.executor_id)

@@ -618,10 +618,11 @@ class BatchCounts:
     def remove(self, group_id: int, batch: int) -> None:
         key = (group_id, batch)
         count = self._counts.get(key, 0) - 1
-        if count <= 0:
-            del self._counts[key]
-        else:
+        if count > 0:
             self._counts[key] = count
+            return
+        self._counts.pop(key, None)
+        self.earliest(group_id)  # drops the group's heap once nothing is counted
 
     def earliest(self, group_id: int) -> int | None:
         batches = self._batches.get(group_id)

@@ -274,6 +274,9 @@ class GroupRecord:
     result_task: dict[tuple[int, int], int] = field(default_factory=dict)
     """(micro-batch, partition) → task id."""
     recoveries: int = 0
+    left: set[str] = field(default_factory=set)
+    """Live executors a failed attempt moved tasks away from: they may still hold the
+    group's shuffle blocks (inline ones came with notices), to release at its end."""
 
     def add(self, spec: TaskSpec, executor: str, position: int) -> None:
         self.tasks[spec.task_id] = PlacedTask(spec, executor, position)
