@@ -394,7 +394,8 @@ class ExecutorActor(Actor):
             try:
                 shuffle_inputs, wanted, _ = self._local_inputs(command)
             except FetchFailed as exc:
-                self._inputs_failed(command.spec, exc)
+                # Not from inside the command loop that started it: later commands first.
+                self.node.loop.call_soon(self._inputs_failed, command.spec, exc)
                 return
             if not wanted:
                 self._last_submitted = None
