@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import operator
+import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -251,6 +253,72 @@ async def test_an_executor_a_retry_moved_away_from_releases_the_shuffle(
             if e.store._shuffle_keys
         }
         assert len({sid for sids in held.values() for sid in sids}) == 1, held
+
+
+_FLAKY_RNG = random.Random(0)
+_FLAKY_SEEN: set[str] = set()
+
+
+def _flaky(tag: object) -> None:
+    """Fail the first call with this tag about half the time (the seeded draw)."""
+    key = repr(tag)
+    with _LOCK:
+        fail = key not in _FLAKY_SEEN and _FLAKY_RNG.random() < 0.5
+        _FLAKY_SEEN.add(key)
+    if fail:
+        raise RuntimeError(f"flaky failure of {key}")
+
+
+def _keyed_flaky(x: int, off: int, i: int, reducers: int) -> tuple[int, int]:
+    if x % 17 == 0:
+        _flaky(("map", i, x))
+    return ((x + off) % reducers, x + off)
+
+
+def _add_flaky(
+    i: int,
+) -> Callable[[Iterator[tuple[int, list[int]]], Iterator[tuple[int, int]]], Iterator[Any]]:
+    def add(groups: Iterator[tuple[int, list[int]]], state: Iterator[tuple[int, int]]) -> Any:
+        groups_ = list(groups)
+        sums = dict(state)
+        _flaky(("add", i, sorted(sums)))
+        for k, vs in groups_:
+            sums[k] = sums.get(k, 0) + sum(vs)
+        return iter(sorted(sums.items()))
+
+    return add
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("barrier", [True, False])
+@pytest.mark.parametrize("group_size", [1, 4])
+@pytest.mark.parametrize("master", ["local[1]", "local[3]"])
+async def test_stateful_job_with_flaky_tasks_gives_the_right_answer(
+    make_context: MakeContext, master: str, group_size: int, barrier: bool, seed: int
+) -> None:
+    """Map and state-updating tasks fail on their first attempt at random; every
+    failed attempt runs again (elsewhere where it can) and the sums come out right."""
+    with _LOCK:
+        _FLAKY_RNG.seed(seed)
+        _FLAKY_SEEN.clear()
+    iters, n, reducers = 8, 60, 3
+    async with asyncio.timeout(WAIT):
+        ctx = await make_context(master, barrier=barrier, max_task_attempts=6)
+        rdd = ctx.parallelize(range(1, n + 1), 4).cache()
+        state = ctx.parallelize(range(reducers), reducers).map(lambda k: (k, 0)).cache()
+        jobs = []
+        for i in range(iters):
+            data = rdd.map(functools.partial(_keyed_flaky, off=i * n, i=i, reducers=reducers))
+            state = data.group_by_key(reducers).zip_partitions(state, _add_flaky(i)).cache()
+            jobs.append(state)
+        got = await ctx.run_jobs(jobs, group_size=group_size)
+    sums = [0] * reducers
+    for i in range(iters):
+        for x in range(1, n + 1):
+            sums[(x + i * n) % reducers] += x + i * n
+        assert got[i] == [[(k, sums[k])] for k in range(reducers)]
+    retried = sum(e.state.stats.retries for e in ctx.cluster.executors)
+    assert retried > 0, "no task failed: the test tested nothing"
 
 
 async def test_unpicklable_result_fails_the_job(ctx: Context) -> None:
