@@ -193,7 +193,10 @@ CHANNELS: dict[str, Match] = {
         src="executor", dst="executor", kinds=frozenset({"FetchBlocks", "BlocksFetched"})
     ),
     "results": Match(
-        src="executor", dst="driver", dst_actor="driver", kinds=frozenset({"TaskResult"})
+        src="executor",
+        dst="driver",
+        dst_actor="driver",
+        kinds=frozenset({"TaskResult", "TaskResults"}),
     ),
     "tracker": Match(src="executor", dst="driver", dst_actor="tracker"),
     "replicas": Match(kinds=frozenset({"ReplicateBlock"})),

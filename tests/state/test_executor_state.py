@@ -33,11 +33,13 @@ from drizzle.wire.messages import (
     LaunchGroup,
     MapLocation,
     MapOutputReady,
+    ResultValue,
     ShuffleInput,
     ShuffleOutput,
     TaskAttemptFailed,
     TaskFailed,
     TaskResult,
+    TaskResults,
     TaskSpec,
 )
 
@@ -428,6 +430,45 @@ def test_finished_groups_leave_no_bookkeeping_behind(barrier: bool) -> None:
         assert counts.earliest(0) is None
         assert not counts._counts
         assert not counts._batches  # no heap left per finished group
+
+
+def test_results_of_one_micro_batch_here_go_to_the_driver_in_one_message() -> None:
+    state = ExecutorState(ME, cores=2)
+    a, b = spec(1, partition=0), spec(2, partition=1)
+    later = spec(3, batch=1, partition=0)
+    assert started(state.handle(launch(0, a, b, later))) == [1, 2]
+    assert state.handle(TaskSucceeded(1, value=b"a")) == []  # held: task 2 is running
+    out = state.handle(TaskSucceeded(2, value=b"b"))
+    assert out[0] == SendToDriver(
+        "driver",
+        TaskResults(0, 0, ME, (ResultValue(0, 0, 1, 0, b"a"), ResultValue(0, 1, 2, 0, b"b"))),
+    )
+    assert started(out) == [3]
+    # Alone in its micro-batch here, a result travels as it always did.
+    out = state.handle(TaskSucceeded(3, value=b"c"))
+    assert out == [SendToDriver("driver", TaskResult(0, 1, 0, 0, 3, 0, ME, b"c"))]
+
+
+def test_results_held_here_leave_when_their_last_sibling_is_given_back() -> None:
+    state = ExecutorState(ME, cores=2, max_task_attempts=2)
+    a, b = spec(1, partition=0), spec(2, partition=1)
+    state.handle(launch(0, a, b))
+    assert state.handle(TaskSucceeded(1, value=b"a")) == []
+    out = state.handle(TaskErrored(2, "ValueError", "boom", "tb"))
+    assert out[0] == SendToDriver("driver", TaskResult(0, 0, 0, 0, 1, 0, ME, b"a"))
+    assert isinstance(out[1], SendToDriver)
+    assert isinstance(out[1].message, TaskAttemptFailed)
+
+
+def test_a_cancelled_group_drops_the_results_it_held() -> None:
+    state = ExecutorState(ME, cores=2)
+    a, b = spec(1, partition=0), spec(2, partition=1)
+    state.handle(launch(0, a, b))
+    state.handle(TaskSucceeded(1, value=b"a"))
+    state.handle(GroupCancelled(0))
+    # Task 2 was running: its own result still leaves (the driver ignores it), alone.
+    out = state.handle(TaskSucceeded(2, value=b"b"))
+    assert out == [SendToDriver("driver", TaskResult(0, 0, 0, 1, 2, 0, ME, b"b"))]
 
 
 # ------------------------------------------------------------------------ (i) retries

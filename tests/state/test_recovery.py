@@ -65,6 +65,7 @@ from drizzle.wire.messages import (
     ShuffleOutput,
     TaskFailed,
     TaskResult,
+    TaskResults,
     TaskSpec,
 )
 
@@ -776,6 +777,10 @@ class Sim:
             elif isinstance(message, TaskResult):
                 self.results[(message.batch, message.partition)] += 1
                 self.delivered.add((message.batch, message.partition))
+            elif isinstance(message, TaskResults):
+                for r in message.results:
+                    self.results[(message.batch, r.partition)] += 1
+                    self.delivered.add((message.batch, r.partition))
             elif isinstance(message, FetchFailedReport):
                 self.reports.append(message)
             else:

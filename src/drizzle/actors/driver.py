@@ -33,7 +33,7 @@ from drizzle.actors.internal import (
 from drizzle.actors.node import Actor, Node, UnexpectedMessage
 from drizzle.errors import JobFailed
 from drizzle.scheduler.dag import BatchRequest
-from drizzle.wire.messages import TaskAttemptFailed, TaskFailed, TaskResult
+from drizzle.wire.messages import TaskAttemptFailed, TaskFailed, TaskResult, TaskResults
 
 log = logging.getLogger("drizzle.driver")
 
@@ -86,7 +86,7 @@ class GroupSummary:
 
 class DriverActor(Actor):
     name = "driver"
-    handles = (TaskResult, TaskFailed, TaskAttemptFailed)
+    handles = (TaskResult, TaskResults, TaskFailed, TaskAttemptFailed)
 
     def __init__(self, node: Node, *, group_timeout: float = 600.0) -> None:
         super().__init__(node)
@@ -128,9 +128,13 @@ class DriverActor(Actor):
     # ------------------------------------------------------------------ messages
 
     def receive(self, peer: str, sender: str, message: Any) -> None:
-        if isinstance(message, TaskResult):
+        if isinstance(message, (TaskResult, TaskResults)):
             began = self.node.clock()
-            run = self._on_result(peer, message)
+            run = (
+                self._on_result(peer, message)
+                if isinstance(message, TaskResult)
+                else self._on_results(peer, message)
+            )
             spent = self.node.clock() - began
             self.results_s += spent
             if run is not None:
@@ -250,6 +254,24 @@ class DriverActor(Actor):
                 run,
                 JobFailed(f"group {group_id} did not complete within {self.group_timeout:g}s"),
             )
+
+    def _on_results(self, peer: str, msg: TaskResults) -> GroupRun | None:
+        if msg.executor_id != peer:
+            raise UnexpectedMessage(f"results from {peer} claim executor {msg.executor_id}")
+        run = None
+        for r in msg.results:
+            result = TaskResult(
+                msg.group_id,
+                msg.batch,
+                r.stage_id,
+                r.partition,
+                r.task_id,
+                r.attempt,
+                peer,
+                r.value,
+            )
+            run = self._on_result(peer, result) or run
+        return run
 
     def _on_result(self, peer: str, msg: TaskResult) -> GroupRun | None:
         if msg.executor_id != peer:

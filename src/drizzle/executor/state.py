@@ -26,9 +26,11 @@ from drizzle.wire.messages import (
     MapLocation,
     MapOutputReady,
     Reroute,
+    ResultValue,
     TaskAttemptFailed,
     TaskFailed,
     TaskResult,
+    TaskResults,
     TaskSpec,
 )
 
@@ -140,6 +142,7 @@ class SendToDriver:
         MapOutputReady
         | BlockReady
         | TaskResult
+        | TaskResults
         | TaskFailed
         | TaskAttemptFailed
         | FetchFailedReport
@@ -202,6 +205,11 @@ class ExecutorState:
     _running: int = 0
     _pending: BatchCounts = field(default_factory=lambda: BatchCounts())
     """Unfinished tasks not started yet, per (group, micro-batch)."""
+    _result_tasks: dict[tuple[int, int], int] = field(default_factory=dict)
+    """Result tasks here not finished yet, per (group, micro-batch)."""
+    _results: dict[tuple[int, int], list[TaskResult]] = field(default_factory=dict)
+    """Results held until the last result task of their micro-batch here is done: one
+    message per executor per micro-batch to the driver, not one per task."""
     _reroutes: dict[int, Reroute] = field(default_factory=dict)
     """The latest readers of each shuffle a recovery named, for map tasks registered
     after it (the group's own launch may arrive after its recovery launch)."""
@@ -381,6 +389,9 @@ class ExecutorState:
         task = _Task(group_id, spec, missing_shuffles, missing_blocks)
         self.tasks[spec.task_id] = task
         self._unfinished.add(group_id, spec.batch)
+        if spec.is_result:
+            key = (group_id, spec.batch)
+            self._result_tasks[key] = self._result_tasks.get(key, 0) + 1
         self._pending.add(group_id, spec.batch)
         if not missing_shuffles and not missing_blocks:
             self._make_runnable(task)
@@ -456,21 +467,18 @@ class ExecutorState:
                 self._on_map_output(notice_m, out, counted=False)
             out.append(SendToDriver("tracker", notice_m))
         if spec.is_result:
-            out.append(
-                SendToDriver(
-                    "driver",
-                    TaskResult(
-                        task.group_id,
-                        spec.batch,
-                        spec.stage_id,
-                        spec.partition,
-                        spec.task_id,
-                        spec.attempt,
-                        self.executor_id,
-                        event.value,
-                    ),
-                )
+            result = TaskResult(
+                task.group_id,
+                spec.batch,
+                spec.stage_id,
+                spec.partition,
+                spec.task_id,
+                spec.attempt,
+                self.executor_id,
+                event.value,
             )
+            self._results.setdefault((task.group_id, spec.batch), []).append(result)
+            self._result_done(task, out)
 
     def _with_inline(
         self,
@@ -506,6 +514,7 @@ class ExecutorState:
             event.traceback,
         )
         self._finish(task, ran=False)
+        self._result_done(task, out)
         if event.retryable and spec.attempt + 1 < self.max_task_attempts:
             # Give the task back: the group scheduler runs it again, elsewhere if it can.
             self.stats.retries += 1
@@ -523,6 +532,36 @@ class ExecutorState:
         for task in self.tasks.values():
             if task.group_id == group_id and task.state in ("waiting", "runnable"):
                 self._finish(task, ran=False)
+        for key in [k for k in self._results if k[0] == group_id]:
+            del self._results[key]
+        for key in [k for k in self._result_tasks if k[0] == group_id]:
+            del self._result_tasks[key]
+
+    def _result_done(self, task: _Task, out: list[Command]) -> None:
+        """A result task here ended: once its micro-batch has none left here, send the
+        results held for it, in one message."""
+        spec = task.spec
+        if not spec.is_result:
+            return
+        key = (task.group_id, spec.batch)
+        left = self._result_tasks.get(key, 0) - 1
+        if left > 0:
+            self._result_tasks[key] = left
+            return
+        self._result_tasks.pop(key, None)
+        held = self._results.pop(key, [])
+        if len(held) == 1:
+            out.append(SendToDriver("driver", held[0]))
+        elif held:
+            first = held[0]
+            values = tuple(
+                ResultValue(r.stage_id, r.partition, r.task_id, r.attempt, r.value) for r in held
+            )
+            out.append(
+                SendToDriver(
+                    "driver", TaskResults(first.group_id, first.batch, self.executor_id, values)
+                )
+            )
 
     def _release(self, shuffle_ids: tuple[int, ...], out: list[Command]) -> None:
         for sid in shuffle_ids:

@@ -367,6 +367,30 @@ class TaskResult:
     value: bytes
 
 
+@record
+@dataclass(frozen=True, slots=True)
+class ResultValue:
+    """One result task's outcome inside ``TaskResults``."""
+
+    stage_id: int
+    partition: int
+    task_id: int
+    attempt: int
+    value: bytes
+
+
+@message(34)
+@dataclass(frozen=True, slots=True)
+class TaskResults:
+    """Several result tasks of one micro-batch finished on one executor: their results
+    in one message (a single one travels as ``TaskResult``)."""
+
+    group_id: int
+    batch: int
+    executor_id: str
+    results: tuple[ResultValue, ...]
+
+
 @message(31)
 @dataclass(frozen=True, slots=True)
 class TaskFailed:
