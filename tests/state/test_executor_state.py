@@ -32,7 +32,9 @@ from drizzle.wire.messages import (
     BlockReady,
     LaunchGroup,
     MapLocation,
+    MapOutput,
     MapOutputReady,
+    MapOutputsReady,
     ResultValue,
     ShuffleInput,
     ShuffleOutput,
@@ -469,6 +471,21 @@ def test_a_cancelled_group_drops_the_results_it_held() -> None:
     # Task 2 was running: its own result still leaves (the driver ignores it), alone.
     out = state.handle(TaskSucceeded(2, value=b"b"))
     assert out == [SendToDriver("driver", TaskResult(0, 0, 0, 1, 2, 0, ME, b"b"))]
+
+
+def test_tracker_notices_of_one_micro_batch_here_go_in_one_message() -> None:
+    state = ExecutorState(ME, cores=2)
+    m0 = spec(1, partition=0, shuffle_output=ShuffleOutput(5, 1, ("e0",)))
+    m1 = spec(2, partition=1, shuffle_output=ShuffleOutput(5, 1, ("e0",)))
+    state.handle(launch(0, m0, m1))
+    out = state.handle(TaskSucceeded(1, sizes=(3,), blocks=(b"abc",)))
+    # The reducer's notice leaves at once; the tracker's waits for the other map.
+    assert [c.peer for c in out if isinstance(c, SendToPeer)] == ["e0"]
+    assert not [c for c in out if isinstance(c, SendToDriver)]
+    out = state.handle(TaskSucceeded(2, sizes=(4,), blocks=(b"abcd",)))
+    assert [c.message for c in out if isinstance(c, SendToDriver)] == [
+        MapOutputsReady(0, ME, (MapOutput(5, 0, (3,)), MapOutput(5, 1, (4,))))
+    ]
 
 
 # ------------------------------------------------------------------------ (i) retries

@@ -60,6 +60,7 @@ from drizzle.wire.messages import (
     LaunchGroup,
     MapLocation,
     MapOutputReady,
+    MapOutputsReady,
     Reroute,
     ShuffleInput,
     ShuffleOutput,
@@ -772,6 +773,11 @@ class Sim:
             message = command.message
             if isinstance(message, MapOutputReady):
                 self.tracker.record(message)
+            elif isinstance(message, MapOutputsReady):
+                for o in message.outputs:
+                    self.tracker.record(
+                        MapOutputReady(message.group_id, o.shuffle_id, o.map_id, e, o.sizes)
+                    )
             elif isinstance(message, BlockReady):
                 self.tracker.record_block(message.dataset_id, message.partition, e)
             elif isinstance(message, TaskResult):

@@ -14,12 +14,12 @@ from drizzle.actors.internal import (
 )
 from drizzle.actors.node import Actor, Node, UnexpectedMessage
 from drizzle.scheduler.tracker import MapOutputTrackerState
-from drizzle.wire.messages import BlockReady, MapOutputReady
+from drizzle.wire.messages import BlockReady, MapOutputReady, MapOutputsReady
 
 
 class MapOutputTrackerActor(Actor):
     name = "tracker"
-    handles = (MapOutputReady, BlockReady)
+    handles = (MapOutputReady, MapOutputsReady, BlockReady)
 
     def __init__(self, node: Node) -> None:
         super().__init__(node)
@@ -30,6 +30,13 @@ class MapOutputTrackerActor(Actor):
             if message.executor_id != peer:
                 raise UnexpectedMessage(f"notice from {peer} claims executor {message.executor_id}")
             self.state.record(message)
+        elif isinstance(message, MapOutputsReady):
+            if message.executor_id != peer:
+                raise UnexpectedMessage(f"notices from {peer} claim executor {message.executor_id}")
+            for o in message.outputs:
+                self.state.record(
+                    MapOutputReady(message.group_id, o.shuffle_id, o.map_id, peer, o.sizes)
+                )
         elif isinstance(message, BlockReady):
             if message.executor_id != peer:
                 raise UnexpectedMessage(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
+from typing import Generic, TypeVar
 
 from drizzle.wire.messages import (
     BlockReady,
@@ -24,7 +25,9 @@ from drizzle.wire.messages import (
     InlineBlock,
     LaunchGroup,
     MapLocation,
+    MapOutput,
     MapOutputReady,
+    MapOutputsReady,
     Reroute,
     ResultValue,
     TaskAttemptFailed,
@@ -33,6 +36,8 @@ from drizzle.wire.messages import (
     TaskResults,
     TaskSpec,
 )
+
+T = TypeVar("T")
 
 # ---------------------------------------------------------------------------- events
 
@@ -140,6 +145,7 @@ class SendToDriver:
     """Driver-side actor: ``tracker`` for notices, ``driver`` for results and failures."""
     message: (
         MapOutputReady
+        | MapOutputsReady
         | BlockReady
         | TaskResult
         | TaskResults
@@ -205,11 +211,12 @@ class ExecutorState:
     _running: int = 0
     _pending: BatchCounts = field(default_factory=lambda: BatchCounts())
     """Unfinished tasks not started yet, per (group, micro-batch)."""
-    _result_tasks: dict[tuple[int, int], int] = field(default_factory=dict)
-    """Result tasks here not finished yet, per (group, micro-batch)."""
-    _results: dict[tuple[int, int], list[TaskResult]] = field(default_factory=dict)
-    """Results held until the last result task of their micro-batch here is done: one
-    message per executor per micro-batch to the driver, not one per task."""
+    _results: HeldPerBatch[TaskResult] = field(default_factory=lambda: HeldPerBatch())
+    """Results held until the last result task of their micro-batch here has ended:
+    one message per executor per micro-batch to the driver, not one per task."""
+    _tracker_notices: HeldPerBatch[MapOutputReady] = field(default_factory=lambda: HeldPerBatch())
+    """Map-output notices for the tracker (which reducers never wait on), held the
+    same way until the last map task of their micro-batch here has ended."""
     _reroutes: dict[int, Reroute] = field(default_factory=dict)
     """The latest readers of each shuffle a recovery named, for map tasks registered
     after it (the group's own launch may arrive after its recovery launch)."""
@@ -390,8 +397,9 @@ class ExecutorState:
         self.tasks[spec.task_id] = task
         self._unfinished.add(group_id, spec.batch)
         if spec.is_result:
-            key = (group_id, spec.batch)
-            self._result_tasks[key] = self._result_tasks.get(key, 0) + 1
+            self._results.task_added((group_id, spec.batch))
+        if spec.shuffle_output is not None:
+            self._tracker_notices.task_added((group_id, spec.batch))
         self._pending.add(group_id, spec.batch)
         if not missing_shuffles and not missing_blocks:
             self._make_runnable(task)
@@ -465,7 +473,7 @@ class ExecutorState:
             if self.executor_id not in output.notify:
                 # Known here even with no reader here, so that a reroute announces it.
                 self._on_map_output(notice_m, out, counted=False)
-            out.append(SendToDriver("tracker", notice_m))
+            self._tracker_notices.hold((task.group_id, spec.batch), notice_m)
         if spec.is_result:
             result = TaskResult(
                 task.group_id,
@@ -477,8 +485,8 @@ class ExecutorState:
                 self.executor_id,
                 event.value,
             )
-            self._results.setdefault((task.group_id, spec.batch), []).append(result)
-            self._result_done(task, out)
+            self._results.hold((task.group_id, spec.batch), result)
+        self._task_ended(task, out)
 
     def _with_inline(
         self,
@@ -514,7 +522,7 @@ class ExecutorState:
             event.traceback,
         )
         self._finish(task, ran=False)
-        self._result_done(task, out)
+        self._task_ended(task, out)
         if event.retryable and spec.attempt + 1 < self.max_task_attempts:
             # Give the task back: the group scheduler runs it again, elsewhere if it can.
             self.stats.retries += 1
@@ -532,36 +540,35 @@ class ExecutorState:
         for task in self.tasks.values():
             if task.group_id == group_id and task.state in ("waiting", "runnable"):
                 self._finish(task, ran=False)
-        for key in [k for k in self._results if k[0] == group_id]:
-            del self._results[key]
-        for key in [k for k in self._result_tasks if k[0] == group_id]:
-            del self._result_tasks[key]
+        self._results.drop_group(group_id)
+        self._tracker_notices.drop_group(group_id)
 
-    def _result_done(self, task: _Task, out: list[Command]) -> None:
-        """A result task here ended: once its micro-batch has none left here, send the
-        results held for it, in one message."""
+    def _task_ended(self, task: _Task, out: list[Command]) -> None:
+        """Send what was held for the task's micro-batch once its last task of the
+        kind here has ended (done, failed or given back): one message each."""
         spec = task.spec
-        if not spec.is_result:
-            return
         key = (task.group_id, spec.batch)
-        left = self._result_tasks.get(key, 0) - 1
-        if left > 0:
-            self._result_tasks[key] = left
-            return
-        self._result_tasks.pop(key, None)
-        held = self._results.pop(key, [])
-        if len(held) == 1:
-            out.append(SendToDriver("driver", held[0]))
-        elif held:
-            first = held[0]
-            values = tuple(
-                ResultValue(r.stage_id, r.partition, r.task_id, r.attempt, r.value) for r in held
-            )
-            out.append(
-                SendToDriver(
-                    "driver", TaskResults(first.group_id, first.batch, self.executor_id, values)
+        if spec.is_result:
+            results = self._results.task_ended(key)
+            if len(results) == 1:
+                out.append(SendToDriver("driver", results[0]))
+            elif results:
+                values = tuple(
+                    ResultValue(r.stage_id, r.partition, r.task_id, r.attempt, r.value)
+                    for r in results
                 )
-            )
+                out.append(
+                    SendToDriver("driver", TaskResults(key[0], key[1], self.executor_id, values))
+                )
+        if spec.shuffle_output is not None:
+            notices = self._tracker_notices.task_ended(key)
+            if len(notices) == 1:
+                out.append(SendToDriver("tracker", notices[0]))
+            elif notices:
+                outputs = tuple(MapOutput(n.shuffle_id, n.map_id, n.sizes) for n in notices)
+                out.append(
+                    SendToDriver("tracker", MapOutputsReady(key[0], self.executor_id, outputs))
+                )
 
     def _release(self, shuffle_ids: tuple[int, ...], out: list[Command]) -> None:
         for sid in shuffle_ids:
@@ -637,6 +644,35 @@ class ExecutorState:
             for b in spec.block_inputs
         }
         return maps, blocks
+
+
+class HeldPerBatch(Generic[T]):
+    """Messages held per (group, micro-batch) until the last task of one kind there
+    has ended; ``task_ended`` then gives them out, in the order they were held."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[tuple[int, int], int] = {}
+        self._held: dict[tuple[int, int], list[T]] = {}
+
+    def task_added(self, key: tuple[int, int]) -> None:
+        self._tasks[key] = self._tasks.get(key, 0) + 1
+
+    def hold(self, key: tuple[int, int], item: T) -> None:
+        self._held.setdefault(key, []).append(item)
+
+    def task_ended(self, key: tuple[int, int]) -> list[T]:
+        left = self._tasks.get(key, 0) - 1
+        if left > 0:
+            self._tasks[key] = left
+            return []
+        self._tasks.pop(key, None)
+        return self._held.pop(key, [])
+
+    def drop_group(self, group_id: int) -> None:
+        for key in [k for k in self._tasks if k[0] == group_id]:
+            del self._tasks[key]
+        for key in [k for k in self._held if k[0] == group_id]:
+            del self._held[key]
 
 
 class BatchCounts:

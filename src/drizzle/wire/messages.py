@@ -297,6 +297,28 @@ class MapOutputReady:
     inline: tuple[InlineBlock, ...] = ()
 
 
+@record
+@dataclass(frozen=True, slots=True)
+class MapOutput:
+    """One map task's output inside ``MapOutputsReady``."""
+
+    shuffle_id: int
+    map_id: int
+    sizes: tuple[int, ...]
+
+
+@message(26)
+@dataclass(frozen=True, slots=True)
+class MapOutputsReady:
+    """Several map tasks of one micro-batch stored their outputs on ``executor_id``:
+    their notices to the tracker in one message (a single one travels as
+    ``MapOutputReady``)."""
+
+    group_id: int
+    executor_id: str
+    outputs: tuple[MapOutput, ...]
+
+
 @message(21)
 @dataclass(frozen=True, slots=True)
 class BlockReady:
