@@ -81,6 +81,14 @@ _FROM_DRIVER_ONLY = (
 )
 """Messages an executor accepts from the driver's node only."""
 
+LocalInputs = tuple[
+    dict[tuple[int, int], list[bytes]],
+    dict[str, list[BlockKey]],
+    dict[str, list[tuple[str, tuple[int, int], int]]],
+]
+"""A task's shuffle inputs at hand, and what to fetch from which peer (keys, and where
+each block goes: ``("s", (shuffle, partition), map id)`` or ``("c", block, 0)``)."""
+
 TaskOutput = tuple[list[bytes] | bytes, float, float, float]
 """A task's output (blocks per reducer, or a pickled result) and its (queue wait,
 deserialization, compute) seconds."""
@@ -89,6 +97,11 @@ TaskRunner = Callable[[PipelineCache, TaskSpec, PreparedEnv, float], asyncio.Fut
 """``runner(pipelines, spec, env, submitted)`` runs a task instead of a worker thread and
 returns a future of its output (the simulator's: it runs the task inline and resolves
 the future after the task's modelled duration, on the virtual clock)."""
+
+
+def _check_claim(peer: str, executor_id: str) -> None:
+    if executor_id != peer:
+        raise UnexpectedMessage(f"notice from {peer} claims executor {executor_id}")
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, callback: Any, *args: Any) -> None:
@@ -295,9 +308,8 @@ class ExecutorActor(Actor):
                 raise UnexpectedMessage(
                     f"{type(message).__name__} from {peer}: only the driver sends it"
                 )
-        if isinstance(message, (MapOutputReady, BlockReady)) and message.executor_id != peer:
-            raise UnexpectedMessage(f"notice from {peer} claims executor {message.executor_id}")
         if isinstance(message, MapOutputReady):
+            _check_claim(peer, message.executor_id)
             if message.inline:
                 self.store.put_inline(message.shuffle_id, message.map_id, message.inline)
             self._apply(MapOutputNoticed(message))
@@ -316,6 +328,7 @@ class ExecutorActor(Actor):
                 self._fail_fetches(lost, "executor lost")
             self._apply(GroupLaunched(message))
         elif isinstance(message, BlockReady):
+            _check_claim(peer, message.executor_id)
             self._apply(BlockNoticed(message))
         elif isinstance(message, HeartbeatAck):
             self._last_ack = self.node.now()
@@ -388,27 +401,28 @@ class ExecutorActor(Actor):
     def _start(self, command: StartTask) -> None:
         """Hand the task to a worker now if all its inputs are here and no earlier task
         is still on its way to one; otherwise fetch its inputs first, in a task."""
+        began = self.node.clock()
+        try:
+            local = self._local_inputs(command)
+        except FetchFailed as exc:
+            # Not from inside the command loop that started it: later commands first.
+            self.node.loop.call_soon(self._inputs_failed, command.spec, exc)
+            return
         previous = self._last_submitted
-        if previous is None or previous.done():
-            began = self.node.clock()
-            try:
-                shuffle_inputs, wanted, _ = self._local_inputs(command)
-            except FetchFailed as exc:
-                # Not from inside the command loop that started it: later commands first.
-                self.node.loop.call_soon(self._inputs_failed, command.spec, exc)
-                return
-            if not wanted:
-                self._last_submitted = None
-                env = PreparedEnv(self.store, self.blobs, shuffle_inputs, {})
-                done = self._submit(command.spec, env, began)
-                done.add_done_callback(
-                    functools.partial(_call_soon, self.node.loop, self._task_done, command.spec)
-                )
-                return
+        shuffle_inputs, wanted, _ = local
+        if not wanted and (previous is None or previous.done()):
+            self._last_submitted = None
+            env = PreparedEnv(self.store, self.blobs, shuffle_inputs, {})
+            done = self._submit(command.spec, env, began)
+            done.add_done_callback(
+                functools.partial(_call_soon, self.node.loop, self._task_done, command.spec)
+            )
+            return
         mine: asyncio.Future[None] = self.node.loop.create_future()
         self._last_submitted = mine
         self.node.spawn(
-            self._run_task(command, previous, mine), name=f"task {command.spec.task_id}"
+            self._run_task(command, local, began, previous, mine),
+            name=f"task {command.spec.task_id}",
         )
 
     def _submit(
@@ -423,13 +437,17 @@ class ExecutorActor(Actor):
         )
 
     async def _run_task(
-        self, command: StartTask, previous: asyncio.Future[None] | None, mine: asyncio.Future[None]
+        self,
+        command: StartTask,
+        local: LocalInputs,
+        began: float,
+        previous: asyncio.Future[None] | None,
+        mine: asyncio.Future[None],
     ) -> None:
         spec = command.spec
-        began = self.node.clock()
         try:
             try:
-                shuffle_inputs, remote_cached = await self._fetch_inputs(command)
+                shuffle_inputs, remote_cached = await self._fetch_inputs(local)
             except DrizzleError as exc:
                 self._inputs_failed(spec, exc)
                 return
@@ -482,13 +500,7 @@ class ExecutorActor(Actor):
             self._apply(TaskSucceeded(spec.task_id, value=output))
         counters["notify_s"] += self.node.clock() - finished
 
-    def _local_inputs(
-        self, command: StartTask
-    ) -> tuple[
-        dict[tuple[int, int], list[bytes]],
-        dict[str, list[BlockKey]],
-        dict[str, list[tuple[str, tuple[int, int], int]]],
-    ]:
+    def _local_inputs(self, command: StartTask) -> LocalInputs:
         """The task's shuffle inputs found here (written here or carried by notices),
         and what must be fetched from which peer; raises ``FetchFailed`` if something
         that should be here is not."""
@@ -519,9 +531,10 @@ class ExecutorActor(Actor):
         return shuffle_inputs, wanted, slots
 
     async def _fetch_inputs(
-        self, command: StartTask
+        self, local: LocalInputs
     ) -> tuple[dict[tuple[int, int], list[bytes]], dict[tuple[int, int], list[Any]]]:
-        shuffle_inputs, wanted, slots = self._local_inputs(command)
+        """Fetch what ``_local_inputs`` found missing here, one request per peer."""
+        shuffle_inputs, wanted, slots = local
         remote_cached: dict[tuple[int, int], list[Any]] = {}
         if wanted:
             replies = await asyncio.gather(

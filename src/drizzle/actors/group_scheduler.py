@@ -134,7 +134,7 @@ class GroupSchedulerActor(Actor):
             self._register(peer, sender, message)
         elif isinstance(message, GroupCompleted):
             record = self.state.records.get(message.group_id)
-            holders = set(message.participants) | (record.left if record else set())
+            holders = record.placed_on if record else set(message.participants)
             self.state.group_completed(holders, message.shuffle_ids)
             self.state.forget_group(message.group_id)
             self._copy_waits.pop(message.group_id, None)
@@ -239,7 +239,6 @@ class GroupSchedulerActor(Actor):
             ):
                 return  # stale: a recovery has run the task elsewhere since
             retried[retry.task_id] = retry.executor_id
-            record.left.add(retry.executor_id)
             map_outputs = {sid: dict(maps) for sid, maps in map_outputs.items()}
             for loc in retry.map_outputs:
                 map_outputs.setdefault(loc.shuffle_id, {}).setdefault(loc.map_id, loc.executor_id)
@@ -289,14 +288,11 @@ class GroupSchedulerActor(Actor):
             self.node.post(self.node.address, "dag", BlocksMoved(msg.group_id, moved), self.name)
         relaunched = sum(len(s) for s in plan.rerun.values())
         if retry is not None:
-            where = next(
-                e for e, specs in plan.rerun.items() for t in specs if t.task_id in retried
-            )
             log.info(
                 "group %d: task %d runs again on %s (attempt %d)",
                 msg.group_id,
                 retry.task_id,
-                where,
+                record.tasks[retry.task_id].executor,
                 retry.attempt + 1,
             )
         else:

@@ -547,28 +547,28 @@ class ExecutorState:
         """Send what was held for the task's micro-batch once its last task of the
         kind here has ended (done, failed or given back): one message each."""
         spec = task.spec
-        key = (task.group_id, spec.batch)
+        group_id, batch = key = (task.group_id, spec.batch)
         if spec.is_result:
             results = self._results.task_ended(key)
-            if len(results) == 1:
-                out.append(SendToDriver("driver", results[0]))
-            elif results:
+            if len(results) > 1:
                 values = tuple(
                     ResultValue(r.stage_id, r.partition, r.task_id, r.attempt, r.value)
                     for r in results
                 )
                 out.append(
-                    SendToDriver("driver", TaskResults(key[0], key[1], self.executor_id, values))
+                    SendToDriver("driver", TaskResults(group_id, batch, self.executor_id, values))
                 )
+            else:
+                out.extend(SendToDriver("driver", r) for r in results)
         if spec.shuffle_output is not None:
             notices = self._tracker_notices.task_ended(key)
-            if len(notices) == 1:
-                out.append(SendToDriver("tracker", notices[0]))
-            elif notices:
+            if len(notices) > 1:
                 outputs = tuple(MapOutput(n.shuffle_id, n.map_id, n.sizes) for n in notices)
                 out.append(
-                    SendToDriver("tracker", MapOutputsReady(key[0], self.executor_id, outputs))
+                    SendToDriver("tracker", MapOutputsReady(group_id, self.executor_id, outputs))
                 )
+            else:
+                out.extend(SendToDriver("tracker", n) for n in notices)
 
     def _release(self, shuffle_ids: tuple[int, ...], out: list[Command]) -> None:
         for sid in shuffle_ids:

@@ -274,12 +274,14 @@ class GroupRecord:
     result_task: dict[tuple[int, int], int] = field(default_factory=dict)
     """(micro-batch, partition) → task id."""
     recoveries: int = 0
-    left: set[str] = field(default_factory=set)
-    """Live executors a failed attempt moved tasks away from: they may still hold the
-    group's shuffle blocks (inline ones came with notices), to release at its end."""
+    placed_on: set[str] = field(default_factory=set)
+    """Every executor ever sent a task of the group (a task moved by a retry leaves
+    the group's shuffle blocks it was sent behind): where to release them at its end."""
 
     def add(self, spec: TaskSpec, executor: str, position: int) -> None:
+        """Place a task (again: a recovery or a retry moves it)."""
         self.tasks[spec.task_id] = PlacedTask(spec, executor, position)
+        self.placed_on.add(executor)
         if spec.shuffle_output is not None:
             self.map_task[(spec.shuffle_output.shuffle_id, spec.partition)] = spec.task_id
         for block in spec.block_outputs:

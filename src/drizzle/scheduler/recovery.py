@@ -72,6 +72,11 @@ def plan_recovery(
         holder = map_outputs.get(shuffle_id, {}).get(map_id, "")
         return holder if holder in alive_set else ""
 
+    def leaving(tid: int) -> bool:
+        """Runs again elsewhere: lost now or in an earlier recovery, or moved off the
+        executor of its failed attempt."""
+        return record.tasks[tid].executor not in alive_set or tid in moved
+
     def block_alive(block: BlockId) -> str:
         return next((e for e in sorted(blocks.get(block, ())) if e in alive_set), "")
 
@@ -84,8 +89,7 @@ def plan_recovery(
             continue
         needed.add(tid)
         placed = record.tasks[tid]
-        # Lost now, or in an earlier recovery, or leaving its failed attempt's executor.
-        on_lost = placed.executor not in alive_set or tid in moved
+        on_lost = leaving(tid)
         for inp in placed.spec.shuffle_inputs:
             for map_id in range(inp.num_maps):
                 if not map_alive(inp.shuffle_id, map_id):
@@ -112,7 +116,7 @@ def plan_recovery(
     # partition stored locally wakes its local readers. Writers come first (earlier
     # micro-batch, upstream stage), so their new home is known when readers are placed.
     rerun_ids = sorted(
-        (tid for tid in needed if record.tasks[tid].executor not in alive_set or tid in moved),
+        (tid for tid in needed if leaving(tid)),
         key=lambda t: (record.tasks[t].spec.batch, record.tasks[t].spec.stage_id, t),
     )
     new_home: dict[int, str] = {}
@@ -175,7 +179,7 @@ def plan_recovery(
                 for b in spec.block_outputs
             ),
         )
-        record.tasks[tid] = PlacedTask(spec, where, placed.position)
+        record.add(spec, where, placed.position)
         rerun[where].append(spec)
 
     shuffles = {inp.shuffle_id for tid in needed for inp in record.tasks[tid].spec.shuffle_inputs}

@@ -13,15 +13,13 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from drizzle.actors.executor import TaskOutput
 from drizzle.executor.runner import PipelineCache, PreparedEnv
 from drizzle.pipeline import run_task
 from drizzle.wire.messages import TaskSpec
 
 if TYPE_CHECKING:
     from drizzle.sim.network import SimNetwork
-
-TaskOutcome = tuple[list[bytes] | bytes, float, float, float]
-"""The output and (queue wait, deserialization, compute) seconds, as the executor expects."""
 
 
 class SimTaskRunner:
@@ -33,10 +31,10 @@ class SimTaskRunner:
 
     def __call__(
         self, pipelines: PipelineCache, spec: TaskSpec, env: PreparedEnv, submitted: float
-    ) -> asyncio.Future[TaskOutcome]:
+    ) -> asyncio.Future[TaskOutput]:
         network = self.network
         config = network.config
-        done: asyncio.Future[TaskOutcome] = network.loop.create_future()
+        done: asyncio.Future[TaskOutput] = network.loop.create_future()
         started = network.work(self.address, config.cpu.task_overhead_s)
         try:
             output = run_task(pipelines.get(spec.payload), spec.partition, env)
@@ -53,11 +51,11 @@ class SimTaskRunner:
             seconds *= 1.0 + compute.jitter * network.rng.random()
         self.tasks += 1
         self.compute_s += seconds
-        outcome: TaskOutcome = (output, started - submitted, 0.0, seconds)
+        outcome: TaskOutput = (output, started - submitted, 0.0, seconds)
         network.at(started + seconds, self._finish, done, outcome)
         return done
 
-    def _finish(self, done: asyncio.Future[TaskOutcome], outcome: TaskOutcome) -> None:
+    def _finish(self, done: asyncio.Future[TaskOutput], outcome: TaskOutput) -> None:
         if done.done():
             return
         if self.address in self.network.dead:

@@ -83,7 +83,7 @@ def to_wire(value: Any) -> Any:
     if encoder is None:
         if type(value) not in _RECORDS and type(value) not in TYPE_IDS:
             return _generic_to_wire(value)
-        encoder = _ENCODERS[type(value)] = _compile_encoder(type(value))
+        encoder = _record_encoder(type(value))
     return encoder(value)
 
 
@@ -98,11 +98,11 @@ def _compile_encoder(cls: type[Any]) -> Converter:
     scalars pass through untouched, nested records and tuples use their own encoders."""
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    fields = [(name, _field_encoder(hints[name])) for name in names]
     getters = [operator.attrgetter(name) for name in names]
-    if all(enc is None for _, enc in fields):
+    encoders = [_field_encoder(hints[name]) for name in names]
+    if all(enc is None for enc in encoders):
         return lambda value: [get(value) for get in getters]
-    spec = [(get, enc) for get, (_, enc) in zip(getters, fields, strict=True)]
+    spec = list(zip(getters, encoders, strict=True))
 
     def encode(value: Any) -> list[Any]:
         return [get(value) if enc is None else enc(get(value)) for get, enc in spec]
@@ -135,6 +135,7 @@ def _field_encoder(tp: Any) -> Converter | None:
 
 
 def _record_encoder(cls: type[Any]) -> Converter:
+    """The encoder of a record or message class, compiled on first use."""
     encoder = _ENCODERS.get(cls)
     if encoder is None:
         encoder = _ENCODERS[cls] = _compile_encoder(cls)
