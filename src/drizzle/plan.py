@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from drizzle import serde
@@ -61,8 +62,13 @@ class StagePlan:
     """The shuffle this stage writes; ``None`` for the result stage."""
     num_reducers: int
     parent_positions: tuple[int, ...]
-    tasks: tuple[TaskDeps, ...]
-    """What the task of each partition reads and writes."""
+    pipeline: StagePipeline
+
+    @cached_property
+    def tasks(self) -> tuple[TaskDeps, ...]:
+        """What the task of each partition reads and writes (computed when first asked:
+        a micro-batch stamped from the group's first one never needs it)."""
+        return tuple(task_deps(self.pipeline, p) for p in range(self.num_partitions))
 
     @property
     def is_result(self) -> bool:
@@ -160,7 +166,6 @@ class _BatchPlanner:
         digest = serde.digest(data)
         self.payloads.setdefault(digest, data)
         position = len(self.stages)
-        tasks = tuple(task_deps(pipeline, p) for p in range(num_partitions))
         self.stages.append(
             StagePlan(
                 stage_id=self.ids.stage(),
@@ -171,7 +176,7 @@ class _BatchPlanner:
                 shuffle_id=shuffle_id,
                 num_reducers=num_reducers,
                 parent_positions=tuple(sorted(set(parents))),
-                tasks=tasks,
+                pipeline=pipeline,
             )
         )
         return position

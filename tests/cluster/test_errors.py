@@ -20,6 +20,7 @@ import pytest
 
 from drizzle import Context, DrizzleError, JobFailed
 from drizzle.wire.messages import LaunchGroup, TaskSpec
+from drizzle.wire.repeat import all_tasks as expand
 
 from .conftest import WAIT, MakeContext, PostLog
 
@@ -85,7 +86,7 @@ def launches_of(post_log: PostLog, batch: int, stage: int, partition: int) -> li
         (p.peer, spec.attempt)
         for p in post_log.of("LaunchGroup")
         if isinstance(p.message, LaunchGroup)
-        for spec in p.message.tasks
+        for spec in expand(p.message)
         if (spec.batch, spec.stage_id, spec.partition) == (batch, stage, partition)
     ]
 
@@ -97,7 +98,7 @@ def spec_of(post_log: PostLog, error: JobFailed) -> tuple[str, TaskSpec]:
         (p.peer, spec)
         for p in post_log.of("LaunchGroup")
         if isinstance(p.message, LaunchGroup)
-        for spec in p.message.tasks
+        for spec in expand(p.message)
         if (spec.batch, spec.stage_id, spec.partition, spec.attempt)
         == (error.batch, error.stage, error.partition, error.attempts - 1)
     ]
@@ -210,7 +211,7 @@ async def test_task_failing_only_on_first_attempt_succeeds(
                 (peer, spec.attempt)
                 for p in post_log.of("LaunchGroup")
                 if isinstance(p.message, LaunchGroup)
-                for spec in p.message.tasks
+                for spec in expand(p.message)
                 if spec.partition == partition and spec.shuffle_output is not None
                 for peer in [p.peer]
             ]

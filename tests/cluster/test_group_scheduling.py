@@ -24,6 +24,7 @@ import pytest
 
 from drizzle import Context
 from drizzle.wire.messages import LaunchGroup, MapOutputReady, TaskSpec
+from drizzle.wire.repeat import all_tasks as expand
 
 from .conftest import WAIT, MakeContext, PostLog
 
@@ -49,7 +50,7 @@ def launched_tasks(post_log: PostLog) -> list[tuple[int, str, TaskSpec]]:
         (p.message.group_id, p.peer, spec)
         for p in post_log.of("LaunchGroup")
         if isinstance(p.message, LaunchGroup)
-        for spec in p.message.tasks
+        for spec in expand(p.message)
     ]
 
 

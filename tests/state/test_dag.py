@@ -28,6 +28,7 @@ from drizzle.plan import PlanError
 from drizzle.scheduler.dag import BatchRequest, DagState, GroupPlan
 from drizzle.scheduler.group import GroupSchedulerState
 from drizzle.wire.messages import MapOutputReady
+from drizzle.wire.repeat import all_tasks as expand
 
 
 class StubCtx:
@@ -150,7 +151,7 @@ def test_join_of_two_shuffled_datasets_waits_on_both_shuffles() -> None:
     placement = _one_executor().place(plan)
     [launch] = placement.launches.values()
     state = ExecutorState("e0", cores=64, barrier=False)  # slots never the constraint
-    reducers = {t.task_id for t in launch.tasks if t.is_result}
+    reducers = {t.task_id for t in expand(launch) if t.is_result}
     out = state.handle(GroupLaunched(launch))
     assert not reducers & _started(out)
     for m in range(2):
@@ -283,7 +284,7 @@ def test_cached_dataset_of_micro_batch_0_is_read_by_micro_batch_1() -> None:
 
     placement = _one_executor().place(plan)
     [launch] = placement.launches.values()
-    readers = [t for t in launch.tasks if t.batch == 1]
+    readers = [t for t in expand(launch) if t.batch == 1]
     assert all(t.block_inputs[0].location == "" for t in readers)
 
 

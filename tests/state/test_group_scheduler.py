@@ -29,6 +29,7 @@ from drizzle.executor.state import (
 from drizzle.scheduler.dag import BatchRequest, DagState, GroupPlan
 from drizzle.scheduler.group import GroupSchedulerState, NoExecutors, Placement
 from drizzle.wire.messages import BlockReady, MapOutputReady, TaskResult, TaskSpec
+from drizzle.wire.repeat import all_tasks as expand
 
 
 class StubCtx:
@@ -75,13 +76,13 @@ def layout(plan: GroupPlan, placement: Placement) -> dict[tuple[int, int, int], 
     return {
         (t.batch, pos[t.stage_id], t.partition): e
         for e, launch in placement.launches.items()
-        for t in launch.tasks
+        for t in expand(launch)
     }
 
 
 def all_tasks(placement: Placement) -> Iterator[tuple[str, TaskSpec]]:
     for e, launch in placement.launches.items():
-        for t in launch.tasks:
+        for t in expand(launch):
             yield e, t
 
 
@@ -100,7 +101,7 @@ def test_one_launch_per_executor_holding_every_task_of_the_group() -> None:
     assert all(launch.group_id == 7 for launch in placement.launches.values())
     assert gs.launches_sent == 3
     assert placement.num_tasks == G * (M + R)
-    assert sum(len(launch.tasks) for launch in placement.launches.values()) == G * (M + R)
+    assert sum(len(expand(launch)) for launch in placement.launches.values()) == G * (M + R)
     assert placement.result_tasks == {b: R for b in range(G)}
 
     ids = [t.task_id for _, t in all_tasks(placement)]
@@ -118,7 +119,7 @@ def test_one_launch_per_executor_holding_every_task_of_the_group() -> None:
     pos = positions(plan)
     for launch in placement.launches.values():
         per_batch: dict[int, set[tuple[int, int]]] = defaultdict(set)
-        for t in launch.tasks:
+        for t in expand(launch):
             per_batch[t.batch].add((pos[t.stage_id], t.partition))
         assert set(per_batch) == set(range(G))
         assert len({frozenset(v) for v in per_batch.values()}) == 1
@@ -181,7 +182,7 @@ def test_payloads_and_blobs_are_sent_once_per_executor() -> None:
     assert len(plan.blobs) == 4
     placement = gs.place(plan)
     for launch in placement.launches.values():
-        needed = {t.payload for t in launch.tasks} | {b for t in launch.tasks for b in t.blobs}
+        needed = {t.payload for t in expand(launch)} | {b for t in expand(launch) for b in t.blobs}
         digests = [b.digest for b in launch.blobs]
         assert len(digests) == len(set(digests))
         assert set(digests) == needed
@@ -197,7 +198,7 @@ def test_payloads_and_blobs_are_sent_once_per_executor() -> None:
     received = {e: {b.digest for b in launch.blobs} for e, launch in placement.launches.items()}
     gs.register("e9", 2, now=0.0)  # a newcomer receives what it lacks, the others only
     placement3 = gs.place(dag.plan_group(2, requests([ds], first_batch=4)))  # new partitions
-    where = {t.partition: e for e, launch in placement3.launches.items() for t in launch.tasks}
+    where = {t.partition: e for e, launch in placement3.launches.items() for t in expand(launch)}
     assert where == {0: "e0", 1: "e1", 2: "e9", 3: "e0"}
     digests = source.digests
     e9 = {b.digest for b in placement3.launches["e9"].blobs}

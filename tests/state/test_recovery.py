@@ -69,6 +69,7 @@ from drizzle.wire.messages import (
     TaskResults,
     TaskSpec,
 )
+from drizzle.wire.repeat import all_tasks as expand
 
 if TYPE_CHECKING:
     from drizzle import Context
@@ -954,7 +955,7 @@ def test_a_reader_of_in_group_state_moved_by_recovery_hears_of_the_state() -> No
     [(victim, block)] = [
         (e, (b.dataset_id, b.partition))
         for e, launch_ in placement.launches.items()
-        for t in launch_.tasks
+        for t in expand(launch_)
         if t.batch == 1
         for b in t.block_inputs
         if b.location == "" and b.partition == 0

@@ -36,6 +36,7 @@ from drizzle.wire.messages import (
     TaskResults,
     TaskSpec,
 )
+from drizzle.wire.repeat import all_tasks
 
 T = TypeVar("T")
 
@@ -278,7 +279,7 @@ class ExecutorState:
             self._on_block(block.dataset_id, block.partition, block.executor_id)
         for reroute in launch.reroutes:
             self._reroute(launch.group_id, reroute, out)
-        for spec in launch.tasks:
+        for spec in all_tasks(launch):
             self._register(launch.group_id, spec)
 
     # ------------------------------------------------------------------ recovery

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drizzle.dataset import Dataset
+from drizzle.pipeline import TaskDeps
 from drizzle.plan import (
     BatchPlan,
     BlockId,
@@ -25,6 +26,7 @@ from drizzle.plan import (
     plan_batch,
     produced_blocks,
 )
+from drizzle.scheduler.renaming import Renaming, renaming
 
 JobFunc = Callable[[Iterator[Any]], Any]
 
@@ -46,6 +48,30 @@ class GroupPlan:
     blobs: dict[str, bytes]
     materialized: dict[BlockId, tuple[str, ...]]
     """Locations (copies) of the cached partitions the plan reads from earlier groups."""
+    renamings: tuple[Renaming | None, ...] = ()
+    """For each micro-batch after the first, how it renames the first, if it does."""
+
+    @property
+    def repeats(self) -> tuple[Renaming, ...] | None:
+        """How every later micro-batch renames the first, or ``None`` if one does not."""
+        if any(r is None for r in self.renamings):
+            return None
+        return tuple(r for r in self.renamings if r is not None)
+
+    @property
+    def explicit_tasks(self) -> int:
+        """Tasks planned and placed one by one: only the first micro-batch's when every
+        later one repeats it, else all of them."""
+        batches = self.batches[:1] if self.repeats is not None else self.batches
+        return sum(s.num_partitions for b in batches for s in b.stages)
+
+    def stage_tasks(self, index: int, position: int) -> tuple[TaskDeps, ...]:
+        """The tasks of a stage of the ``index``-th micro-batch."""
+        rename = self.renamings[index - 1] if index else None
+        base = self.batches[0 if rename else index].stages[position].tasks
+        if rename is None:
+            return base
+        return tuple(rename.deps(t) for t in base)
 
     @property
     def shuffle_ids(self) -> tuple[int, ...]:
@@ -71,6 +97,10 @@ class DagState:
         payloads: dict[str, bytes] = {}
         blobs: dict[str, bytes] = {}
         batches: list[BatchPlan] = []
+        renamings: list[Renaming | None] = []
+        first_writes: list[tuple[BlockId, int, int]] = []
+        first_reads: list[BlockId] = []
+        reads: set[BlockId] = set()
         for request in requests:
             saved = (self.ids.next_stage, self.ids.next_shuffle)
             plan = plan_batch(
@@ -79,23 +109,28 @@ class DagState:
             if batches and plan.shape != batches[0].shape:
                 self.ids.next_stage, self.ids.next_shuffle = saved
                 break
+            rename = renaming(batches[0], plan) if batches else None
+            if rename is None:
+                writes = list(produced_blocks(plan))
+                batch_reads = [b for s in plan.stages for t in s.tasks for b in t.cache_reads]
+                if not batches:
+                    first_writes, first_reads = writes, batch_reads
+            else:
+                writes = [(rename.block(b), pos, p) for b, pos, p in first_writes]
+                batch_reads = [rename.block(b) for b in first_reads] if rename.datasets else []
+            if batches:
+                renamings.append(rename)
             batches.append(plan)
-            for block, position, partition in produced_blocks(plan):
+            for block, position, partition in writes:
                 produced.setdefault(block, (position, partition))
-        reads = {
-            block
-            for b in batches
-            for s in b.stages
-            for t in s.tasks
-            for block in t.cache_reads
-            if block in self.materialized
-        }
+            reads.update(b for b in batch_reads if b in self.materialized)
         return GroupPlan(
             group_id,
             tuple(batches),
             payloads,
             blobs,
             {block: self.materialized[block] for block in reads},
+            tuple(renamings),
         )
 
     def group_placed(self, group_id: int, produced: dict[BlockId, tuple[str, ...]]) -> None:

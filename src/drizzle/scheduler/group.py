@@ -7,7 +7,9 @@ reducers wait. A task that reads a cached partition goes where that partition is
 otherwise executors are taken round-robin in a fixed order, so the same task lands
 on the same executor group after group (sticky) while membership is unchanged.
 The output is one ``LaunchGroup`` per executor holding all of its tasks, with only
-the payloads that executor has not been sent before.
+the payloads that executor has not been sent before. When every later micro-batch is
+the first one renamed (``drizzle.scheduler.renaming``), only the first one is placed
+task by task; each later one is a ``BatchRepeat`` of a few fields.
 Pure: no I/O; the time comes in with the events.
 """
 
@@ -19,7 +21,9 @@ from dataclasses import dataclass, field
 
 from drizzle.plan import BlockId
 from drizzle.scheduler.dag import GroupPlan
+from drizzle.scheduler.renaming import Renaming
 from drizzle.wire.messages import (
+    BatchRepeat,
     Blob,
     BlockInput,
     BlockOutput,
@@ -28,6 +32,7 @@ from drizzle.wire.messages import (
     ShuffleOutput,
     TaskSpec,
 )
+from drizzle.wire.repeat import repeat_task
 
 
 @dataclass
@@ -150,9 +155,17 @@ class GroupSchedulerState:
         # Who reads what: shuffle → executors of its readers; block → remote readers.
         shuffle_readers: dict[int, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
         block_readers: dict[BlockId, set[str]] = defaultdict(set)
-        for batch in plan.batches:
-            for stage in batch.stages:
-                for partition, deps in enumerate(stage.tasks):
+        repeats = plan.repeats if len(plan.batches) > 1 else None
+        if repeats:
+            renamed_readers = _renamed_readers(plan, where, repeats)
+            if renamed_readers is None:
+                repeats = None
+            else:
+                block_readers.update(renamed_readers)
+        explicit = range(len(plan.batches)) if repeats is None else range(1)
+        for index in explicit:
+            for stage in first.stages:
+                for partition, deps in enumerate(plan.stage_tasks(index, stage.position)):
                     executor = where[(stage.position, partition)]
                     for shuffle_id, _, reduce_partition in deps.shuffle_reads:
                         shuffle_readers[shuffle_id][executor].add(reduce_partition)
@@ -163,22 +176,25 @@ class GroupSchedulerState:
         record = GroupRecord(plan)
         tasks: dict[str, list[TaskSpec]] = defaultdict(list)
         produced: dict[BlockId, tuple[str, ...]] = {}
-        result_tasks: dict[int, int] = {}
-        for batch in plan.batches:
+        result_tasks = {
+            b.batch: s.num_partitions for b in plan.batches for s in b.stages if s.is_result
+        }
+        replicas_of = {e: self._replicas(order, e) for e in order}
+        writes: list[tuple[BlockId, str]] = []
+        first_task = self.next_task_id
+        for index in explicit:
+            batch = plan.batches[index]
             for stage in batch.stages:
-                if stage.is_result:
-                    result_tasks[batch.batch] = stage.num_partitions
-                for partition, deps in enumerate(stage.tasks):
+                shuffle_output = None
+                if stage.shuffle_id is not None:
+                    readers = shuffle_readers.get(stage.shuffle_id, {})
+                    shuffle_output = _shuffle_output(stage.shuffle_id, stage.num_reducers, readers)
+                for partition, deps in enumerate(plan.stage_tasks(index, stage.position)):
                     executor = where[(stage.position, partition)]
-                    replicas = self._replicas(order, executor)
+                    replicas = replicas_of.get(executor, ())
                     for block in deps.cache_writes:
                         produced[block] = (executor, *replicas)
-                    shuffle_output = None
-                    if stage.shuffle_id is not None:
-                        readers = shuffle_readers.get(stage.shuffle_id, {})
-                        shuffle_output = _shuffle_output(
-                            stage.shuffle_id, stage.num_reducers, readers
-                        )
+                        writes.append((block, executor))
                     spec = TaskSpec(
                         task_id=self.next_task_id,
                         batch=batch.batch,
@@ -207,30 +223,68 @@ class GroupSchedulerState:
                     tasks[executor].append(spec)
                     record.add(spec, executor, stage.position)
 
+        batch_repeats: tuple[BatchRepeat, ...] = ()
+        if repeats:
+            per_batch = self.next_task_id - first_task
+            base_stage = first.stages[0].stage_id
+            batch_repeats = tuple(
+                BatchRepeat(
+                    batch=b.batch,
+                    task_offset=per_batch * (i + 1),
+                    stage_offset=r.stage_offset,
+                    shuffle_offset=r.shuffle_offset,
+                    base_stage=base_stage,
+                    payloads=r.payloads,
+                    datasets_from=tuple(r.datasets),
+                    datasets_to=tuple(r.datasets.values()),
+                )
+                for i, (b, r) in enumerate(zip(plan.batches[1:], repeats, strict=True))
+            )
+            self.next_task_id += per_batch * len(repeats)
+            for r in repeats:
+                for block, executor in writes:
+                    produced[r.block(block)] = (executor, *replicas_of.get(executor, ()))
+            record.repeat(batch_repeats)
+
         launches: dict[str, LaunchGroup] = {}
         for executor, specs in tasks.items():
             release = tuple(self.to_release.pop(executor, ()))
             launches[executor] = LaunchGroup(
-                plan.group_id, tuple(specs), self.blobs_for(executor, specs, plan), (), release
+                plan.group_id,
+                tuple(specs),
+                self.blobs_for(executor, specs, plan, batch_repeats),
+                (),
+                release,
+                repeats=batch_repeats,
             )
         self.launches_sent += len(launches)
         self.records[plan.group_id] = record
-        return Placement(launches, produced, result_tasks, sum(len(t) for t in tasks.values()))
+        num_tasks = sum(len(t) for t in tasks.values()) * (1 + len(batch_repeats))
+        return Placement(launches, produced, result_tasks, num_tasks)
 
     def blobs_for(
-        self, executor: str, specs: Iterable[TaskSpec], plan: GroupPlan
+        self,
+        executor: str,
+        specs: Iterable[TaskSpec],
+        plan: GroupPlan,
+        repeats: tuple[BatchRepeat, ...] = (),
     ) -> tuple[Blob, ...]:
-        """The payloads and data blobs of ``specs`` that ``executor`` was never sent."""
+        """The payloads and data blobs of ``specs`` (and of the micro-batches repeating
+        them) that ``executor`` was never sent."""
         sent = self.blobs_sent[executor]
         blobs = []
-        for spec in specs:
-            for digest in (spec.payload, *spec.blobs):
-                if digest not in sent:
-                    data = plan.payloads.get(digest)
-                    if data is None:
-                        data = plan.blobs[digest]
-                    blobs.append(Blob(digest, data))
-                    sent.add(digest)
+        specs = tuple(specs)
+        digests = [d for spec in specs for d in (spec.payload, *spec.blobs)]
+        if repeats:
+            used = {spec.stage_id - repeats[0].base_stage for spec in specs}
+            digests.extend(r.payloads[i] for r in repeats for i in sorted(used))
+        for digest in digests:
+            if digest not in sent:
+                data = plan.payloads.get(digest)
+                if data is None:
+                    data = plan.blobs[digest]
+                blobs.append(Blob(digest, data))
+                sent.add(digest)
         return tuple(blobs)
 
     def _replicas(self, order: list[str], executor: str) -> tuple[str, ...]:
@@ -263,32 +317,119 @@ class PlacedTask:
 
 @dataclass
 class GroupRecord:
-    """What the group scheduler remembers of a running group, for its recovery."""
+    """What the group scheduler remembers of a running group, for its recovery.
+
+    A group launched as its first micro-batch plus repeats keeps only the first
+    micro-batch's tasks until a recovery or a retry asks for the others; they are then
+    expanded with the executors' own code (``drizzle.wire.repeat``), to the same ids.
+    """
 
     plan: GroupPlan
-    tasks: dict[int, PlacedTask] = field(default_factory=dict)
-    map_task: dict[tuple[int, int], int] = field(default_factory=dict)
-    """(shuffle id, map id) → task id."""
-    producer: dict[BlockId, int] = field(default_factory=dict)
-    """Cached partition written in this group → task id."""
-    result_task: dict[tuple[int, int], int] = field(default_factory=dict)
-    """(micro-batch, partition) → task id."""
     recoveries: int = 0
     placed_on: set[str] = field(default_factory=set)
     """Every executor ever sent a task of the group (a task moved by a retry leaves
     the group's shuffle blocks it was sent behind): where to release them at its end."""
+    _tasks: dict[int, PlacedTask] = field(default_factory=dict)
+    _map_task: dict[tuple[int, int], int] = field(default_factory=dict)
+    _producer: dict[BlockId, int] = field(default_factory=dict)
+    _result_task: dict[tuple[int, int], int] = field(default_factory=dict)
+    _unexpanded: tuple[BatchRepeat, ...] = ()
+
+    def repeat(self, repeats: tuple[BatchRepeat, ...]) -> None:
+        """The group's later micro-batches are its tasks so far, repeated."""
+        self._unexpanded = repeats
+
+    def _expand(self) -> None:
+        repeats, self._unexpanded = self._unexpanded, ()
+        if not repeats:
+            return
+        base = list(self._tasks.values())
+        for repeat in repeats:
+            names = dict(zip(repeat.datasets_from, repeat.datasets_to, strict=True))
+            for placed in base:
+                self.add(repeat_task(placed.spec, repeat, names), placed.executor, placed.position)
+
+    @property
+    def tasks(self) -> dict[int, PlacedTask]:
+        self._expand()
+        return self._tasks
+
+    @property
+    def map_task(self) -> dict[tuple[int, int], int]:
+        """(shuffle id, map id) → task id."""
+        self._expand()
+        return self._map_task
+
+    @property
+    def producer(self) -> dict[BlockId, int]:
+        """Cached partition written in this group → task id."""
+        self._expand()
+        return self._producer
+
+    @property
+    def result_task(self) -> dict[tuple[int, int], int]:
+        """(micro-batch, partition) → task id."""
+        self._expand()
+        return self._result_task
 
     def add(self, spec: TaskSpec, executor: str, position: int) -> None:
         """Place a task (again: a recovery or a retry moves it)."""
-        self.tasks[spec.task_id] = PlacedTask(spec, executor, position)
+        self._tasks[spec.task_id] = PlacedTask(spec, executor, position)
         self.placed_on.add(executor)
         if spec.shuffle_output is not None:
-            self.map_task[(spec.shuffle_output.shuffle_id, spec.partition)] = spec.task_id
+            self._map_task[(spec.shuffle_output.shuffle_id, spec.partition)] = spec.task_id
         for block in spec.block_outputs:
-            self.producer[(block.dataset_id, block.partition)] = spec.task_id
+            self._producer[(block.dataset_id, block.partition)] = spec.task_id
         if spec.is_result:
-            self.result_task[(spec.batch, spec.partition)] = spec.task_id
+            self._result_task[(spec.batch, spec.partition)] = spec.task_id
 
     @property
     def participants(self) -> frozenset[str]:
-        return frozenset(t.executor for t in self.tasks.values())
+        """Executors holding a task of the group (a repeat does not move any)."""
+        return frozenset(t.executor for t in self._tasks.values())
+
+
+def _renamed_readers(
+    plan: GroupPlan, where: dict[tuple[int, int], str], repeats: tuple[Renaming, ...]
+) -> dict[BlockId, set[str]] | None:
+    """The executors reading each cached partition that a later micro-batch reads under
+    a new name, if renaming the first micro-batch's placed tasks gives every later
+    one's, cached-partition locations and notices included; else ``None``.
+
+    Renamed reads must be of partitions produced in the group (so their tasks wait for
+    a notice); reads that keep their name, of partitions that existed before it. Every
+    dataset the first micro-batch writes must be renamed by each later one, and every
+    renamed write must notify the executors the first one's write notifies.
+    """
+    reads: dict[int, list[tuple[BlockId, str]]] = defaultdict(list)
+    writes: list[tuple[BlockId, str]] = []
+    for stage in plan.batches[0].stages:
+        for partition, deps in enumerate(stage.tasks):
+            executor = where[(stage.position, partition)]
+            for block in deps.cache_reads:
+                reads[block[0]].append((block, executor))
+            writes.extend((block, executor) for block in deps.cache_writes)
+    readers: dict[BlockId, set[str]] = defaultdict(set)
+    if not writes and not any(r.datasets for r in repeats):
+        return readers
+    written = {block[0] for block, _ in writes}
+    unmaterialized = {
+        d for d, rs in reads.items() if any(b not in plan.materialized for b, _ in rs)
+    }
+    for r in repeats:
+        if not (written | unmaterialized) <= r.datasets.keys():
+            return None
+        for dataset in r.datasets.keys() & reads.keys():
+            for block, executor in reads[dataset]:
+                renamed = r.block(block)
+                if renamed in plan.materialized:
+                    return None
+                readers[renamed].add(executor)
+    empty: set[str] = set()
+    first = {block: readers.get(block, empty) - {w} for block, w in writes}
+    same = all(
+        readers.get(r.block(block), empty) - {w} == first[block]
+        for r in repeats
+        for block, w in writes
+    )
+    return readers if same else None

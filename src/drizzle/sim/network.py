@@ -276,8 +276,8 @@ class SimNetwork(InProcNetwork):
         message = envelope.message
         cpu = self.config.cpu
         if isinstance(message, PlaceGroup):
-            batches = message.plan.batches
-            cost = cpu.place(len(batches), sum(s.num_partitions for b in batches for s in b.stages))
+            plan = message.plan
+            cost = cpu.place(len(plan.batches), plan.explicit_tasks)
         else:
             cost = cpu.internal_s
         address = node.address

@@ -93,6 +93,30 @@ class TaskSpec:
 
 @record
 @dataclass(frozen=True, slots=True)
+class BatchRepeat:
+    """A later micro-batch of a launch that runs the same tasks as its first one, renamed.
+
+    Task ``t`` of the first micro-batch becomes task ``t.task_id + task_offset`` of
+    micro-batch ``batch``: stage ids and shuffle ids move by their offsets, the stage
+    at index ``i`` (its id minus ``base_stage``) runs ``payloads[i]``, and the cached
+    datasets ``datasets_from`` become ``datasets_to`` (a renamed cached input is
+    produced earlier in the group: its task waits for the notice). Everything else,
+    executors to notify included, is the same. The group scheduler sends one only when
+    this renaming gives exactly the tasks that planning the micro-batch would give.
+    """
+
+    batch: int
+    task_offset: int
+    stage_offset: int
+    shuffle_offset: int
+    base_stage: int
+    payloads: tuple[str, ...]
+    datasets_from: tuple[int, ...] = ()
+    datasets_to: tuple[int, ...] = ()
+
+
+@record
+@dataclass(frozen=True, slots=True)
 class Blob:
     """Content-addressed bytes: a pickled stage pipeline or a partition of user data."""
 
@@ -262,6 +286,8 @@ class LaunchGroup:
     """Recovery: executors that are gone; what they held is no longer counted."""
     known_blocks: tuple[BlockLocation, ...] = ()
     reroutes: tuple[Reroute, ...] = ()
+    repeats: tuple[BatchRepeat, ...] = ()
+    """More micro-batches made of ``tasks`` renamed (``drizzle.wire.repeat``)."""
 
 
 @message(11)
