@@ -30,6 +30,7 @@ from drizzle.wire.messages import (
     BlockInput,
     BlockOutput,
     BlockReady,
+    InlineBlock,
     LaunchGroup,
     MapLocation,
     MapOutput,
@@ -473,18 +474,47 @@ def test_a_cancelled_group_drops_the_results_it_held() -> None:
     assert out == [SendToDriver("driver", TaskResult(0, 0, 0, 1, 2, 0, ME, b"b"))]
 
 
-def test_tracker_notices_of_one_micro_batch_here_go_in_one_message() -> None:
+def test_notices_of_one_micro_batch_here_go_in_one_message_per_destination() -> None:
+    state = ExecutorState(ME, cores=2, inline_limit=16)
+    output = ShuffleOutput(5, 2, ("e0", "e2"), ((0,), (1,)))
+    m0 = spec(1, partition=0, shuffle_output=output)
+    m1 = spec(2, partition=1, shuffle_output=output)
+    state.handle(launch(0, m0, m1))
+    out = state.handle(TaskSucceeded(1, sizes=(3, 1), blocks=(b"abc", b"d")))
+    # Reducers need every map output: all notices wait for the other map here.
+    assert not [c for c in out if isinstance(c, (SendToPeer, SendToDriver))]
+    out = state.handle(TaskSucceeded(2, sizes=(4, 2), blocks=(b"abcd", b"ef")))
+    assert [c.message for c in out if isinstance(c, SendToDriver)] == [
+        MapOutputsReady(0, ME, (MapOutput(5, 0, (3, 1)), MapOutput(5, 1, (4, 2))))
+    ]
+    to_peers = {c.peer: c.message for c in out if isinstance(c, SendToPeer)}
+    assert to_peers == {
+        "e0": MapOutputsReady(
+            0,
+            ME,
+            (
+                MapOutput(5, 0, (3, 1), (InlineBlock(0, b"abc"),)),
+                MapOutput(5, 1, (4, 2), (InlineBlock(0, b"abcd"),)),
+            ),
+        ),
+        "e2": MapOutputsReady(
+            0,
+            ME,
+            (
+                MapOutput(5, 0, (3, 1), (InlineBlock(1, b"d"),)),
+                MapOutput(5, 1, (4, 2), (InlineBlock(1, b"ef"),)),
+            ),
+        ),
+    }
+
+
+def test_a_single_map_output_for_a_peer_goes_alone() -> None:
     state = ExecutorState(ME, cores=2)
     m0 = spec(1, partition=0, shuffle_output=ShuffleOutput(5, 1, ("e0",)))
-    m1 = spec(2, partition=1, shuffle_output=ShuffleOutput(5, 1, ("e0",)))
-    state.handle(launch(0, m0, m1))
+    state.handle(launch(0, m0))
     out = state.handle(TaskSucceeded(1, sizes=(3,), blocks=(b"abc",)))
-    # The reducer's notice leaves at once; the tracker's waits for the other map.
-    assert [c.peer for c in out if isinstance(c, SendToPeer)] == ["e0"]
-    assert not [c for c in out if isinstance(c, SendToDriver)]
-    out = state.handle(TaskSucceeded(2, sizes=(4,), blocks=(b"abcd",)))
-    assert [c.message for c in out if isinstance(c, SendToDriver)] == [
-        MapOutputsReady(0, ME, (MapOutput(5, 0, (3,)), MapOutput(5, 1, (4,))))
+    assert [c.message for c in out if isinstance(c, SendToPeer)] == [
+        MapOutputReady(0, 5, 0, ME, (3,))
     ]
 
 

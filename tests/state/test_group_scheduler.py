@@ -17,18 +17,17 @@ import pytest
 
 from drizzle.dataset import Dataset, ParallelizedDataset, collect_partition
 from drizzle.executor.state import (
-    BlockNoticed,
     ExecutorState,
     GroupLaunched,
-    MapOutputNoticed,
     SendToDriver,
     SendToPeer,
     StartTask,
     TaskSucceeded,
+    noticed,
 )
 from drizzle.scheduler.dag import BatchRequest, DagState, GroupPlan
 from drizzle.scheduler.group import GroupSchedulerState, NoExecutors, Placement
-from drizzle.wire.messages import BlockReady, MapOutputReady, TaskResult, TaskSpec
+from drizzle.wire.messages import TaskResult, TaskSpec
 from drizzle.wire.repeat import all_tasks as expand
 
 
@@ -438,11 +437,7 @@ def run_group(
                 queue.append((executor, TaskSucceeded(spec.task_id, sizes, b"r")))
             elif isinstance(cmd, SendToPeer):
                 peer_notices += 1
-                assert isinstance(cmd.message, MapOutputReady | BlockReady)
-                if isinstance(cmd.message, MapOutputReady):
-                    queue.append((cmd.peer, MapOutputNoticed(cmd.message)))
-                else:
-                    queue.append((cmd.peer, BlockNoticed(cmd.message)))
+                queue.extend((cmd.peer, event) for event in noticed(cmd.message))
             elif isinstance(cmd, SendToDriver) and cmd.target == "driver":
                 assert isinstance(cmd.message, TaskResult), cmd.message
                 results.append(cmd.message)

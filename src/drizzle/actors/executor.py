@@ -43,6 +43,7 @@ from drizzle.executor.state import (
     StartTask,
     TaskErrored,
     TaskSucceeded,
+    noticed,
 )
 from drizzle.executor.store import BlockStore
 from drizzle.wire.messages import (
@@ -60,6 +61,7 @@ from drizzle.wire.messages import (
     HeartbeatAck,
     LaunchGroup,
     MapOutputReady,
+    MapOutputsReady,
     RegisterExecutor,
     RegistrationRefused,
     ReleaseBlocks,
@@ -122,6 +124,7 @@ class ExecutorActor(Actor):
     name = "executor"
     handles = (
         MapOutputReady,
+        MapOutputsReady,
         FetchBlocks,
         BlocksFetched,
         LaunchGroup,
@@ -313,6 +316,13 @@ class ExecutorActor(Actor):
             if message.inline:
                 self.store.put_inline(message.shuffle_id, message.map_id, message.inline)
             self._apply(MapOutputNoticed(message))
+        elif isinstance(message, MapOutputsReady):
+            _check_claim(peer, message.executor_id)
+            for o in message.outputs:
+                if o.inline:
+                    self.store.put_inline(o.shuffle_id, o.map_id, o.inline)
+            for event in noticed(message):
+                self._apply(event)
         elif isinstance(message, FetchBlocks):
             self._serve(peer, sender, message)
         elif isinstance(message, BlocksFetched):

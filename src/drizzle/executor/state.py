@@ -58,6 +58,22 @@ class BlockNoticed:
     notice: BlockReady
 
 
+def noticed(
+    message: MapOutputReady | MapOutputsReady | BlockReady,
+) -> list[MapOutputNoticed | BlockNoticed]:
+    """The events a notice from a peer makes here, one per map output or partition."""
+    if isinstance(message, BlockReady):
+        return [BlockNoticed(message)]
+    if isinstance(message, MapOutputReady):
+        return [MapOutputNoticed(message)]
+    return [
+        MapOutputNoticed(
+            MapOutputReady(message.group_id, o.shuffle_id, o.map_id, message.executor_id, o.sizes)
+        )
+        for o in message.outputs
+    ]
+
+
 @dataclass(frozen=True, slots=True)
 class TaskSucceeded:
     task_id: int
@@ -127,7 +143,7 @@ class StartTask:
 @dataclass(frozen=True, slots=True)
 class SendToPeer:
     peer: str
-    message: MapOutputReady | BlockReady
+    message: MapOutputReady | MapOutputsReady | BlockReady
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,8 +232,14 @@ class ExecutorState:
     """Results held until the last result task of their micro-batch here has ended:
     one message per executor per micro-batch to the driver, not one per task."""
     _tracker_notices: HeldPerBatch[MapOutputReady] = field(default_factory=lambda: HeldPerBatch())
-    """Map-output notices for the tracker (which reducers never wait on), held the
-    same way until the last map task of their micro-batch here has ended."""
+    _peer_notices: HeldPerBatch[tuple[str, MapOutputReady]] = field(
+        default_factory=lambda: HeldPerBatch()
+    )
+    """Map-output notices for the tracker, and for each executor of the readers, held
+    per (group, shuffle) until the last map task of that shuffle here has ended: one
+    message per destination. A reducer needs every map output before it runs, so
+    this delays no reducer; per shuffle, not per micro-batch, because a map task of a
+    later stage of the micro-batch may be waiting for them."""
     _reroutes: dict[int, Reroute] = field(default_factory=dict)
     """The latest readers of each shuffle a recovery named, for map tasks registered
     after it (the group's own launch may arrive after its recovery launch)."""
@@ -400,7 +422,9 @@ class ExecutorState:
         if spec.is_result:
             self._results.task_added((group_id, spec.batch))
         if spec.shuffle_output is not None:
-            self._tracker_notices.task_added((group_id, spec.batch))
+            shuffle_key = (group_id, spec.shuffle_output.shuffle_id)
+            self._tracker_notices.task_added(shuffle_key)
+            self._peer_notices.task_added(shuffle_key)
         self._pending.add(group_id, spec.batch)
         if not missing_shuffles and not missing_blocks:
             self._make_runnable(task)
@@ -470,11 +494,14 @@ class ExecutorState:
                 if peer == self.executor_id:
                     self._on_map_output(notice_m, out)
                 else:
-                    out.append(SendToPeer(peer, self._with_inline(notice_m, event, parts, peer)))
+                    self._peer_notices.hold(
+                        (task.group_id, output.shuffle_id),
+                        (peer, self._with_inline(notice_m, event, parts, peer)),
+                    )
             if self.executor_id not in output.notify:
                 # Known here even with no reader here, so that a reroute announces it.
                 self._on_map_output(notice_m, out, counted=False)
-            self._tracker_notices.hold((task.group_id, spec.batch), notice_m)
+            self._tracker_notices.hold((task.group_id, output.shuffle_id), notice_m)
         if spec.is_result:
             result = TaskResult(
                 task.group_id,
@@ -543,10 +570,12 @@ class ExecutorState:
                 self._finish(task, ran=False)
         self._results.drop_group(group_id)
         self._tracker_notices.drop_group(group_id)
+        self._peer_notices.drop_group(group_id)
 
     def _task_ended(self, task: _Task, out: list[Command]) -> None:
         """Send what was held for the task's micro-batch once its last task of the
-        kind here has ended (done, failed or given back): one message each."""
+        kind here has ended (done, failed or given back): one message to each
+        destination."""
         spec = task.spec
         group_id, batch = key = (task.group_id, spec.batch)
         if spec.is_result:
@@ -562,7 +591,8 @@ class ExecutorState:
             else:
                 out.extend(SendToDriver("driver", r) for r in results)
         if spec.shuffle_output is not None:
-            notices = self._tracker_notices.task_ended(key)
+            shuffle_key = (group_id, spec.shuffle_output.shuffle_id)
+            notices = self._tracker_notices.task_ended(shuffle_key)
             if len(notices) > 1:
                 outputs = tuple(MapOutput(n.shuffle_id, n.map_id, n.sizes) for n in notices)
                 out.append(
@@ -570,6 +600,15 @@ class ExecutorState:
                 )
             else:
                 out.extend(SendToDriver("tracker", n) for n in notices)
+            to_peers: dict[str, list[MapOutputReady]] = {}
+            for peer, notice in self._peer_notices.task_ended(shuffle_key):
+                to_peers.setdefault(peer, []).append(notice)
+            for peer, held in to_peers.items():
+                if len(held) == 1:
+                    out.append(SendToPeer(peer, held[0]))
+                    continue
+                outputs = tuple(MapOutput(n.shuffle_id, n.map_id, n.sizes, n.inline) for n in held)
+                out.append(SendToPeer(peer, MapOutputsReady(group_id, self.executor_id, outputs)))
 
     def _release(self, shuffle_ids: tuple[int, ...], out: list[Command]) -> None:
         for sid in shuffle_ids:
@@ -648,8 +687,9 @@ class ExecutorState:
 
 
 class HeldPerBatch(Generic[T]):
-    """Messages held per (group, micro-batch) until the last task of one kind there
-    has ended; ``task_ended`` then gives them out, in the order they were held."""
+    """Messages held per key (a group and its micro-batch or shuffle) until the last
+    task counted under it has ended; ``task_ended`` then gives them out, in the order
+    they were held."""
 
     def __init__(self) -> None:
         self._tasks: dict[tuple[int, int], int] = {}

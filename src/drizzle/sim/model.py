@@ -42,36 +42,36 @@ class CpuModel:
     costs ``recv_s + recv_byte_s * size + handle_s`` before the target actor sees it.
     Events between the driver-side actors cost ``internal_s``; placing a group (the
     event that carries its plan) costs ``group_s + batch_plan_s * micro-batches +
-    task_plan_s * tasks``. Every task
-    costs its executor's loop ``task_overhead_s`` before it starts computing.
+    task_plan_s * tasks placed one by one`` (only the first micro-batch's when the
+    others repeat it). Every task costs its executor's loop ``task_overhead_s``
+    before it starts computing.
     """
 
-    send_s: float = 2.4e-6
-    """Post, encode and zmq-send one small message (calibrate_sim.py: 2.36 µs)."""
-    send_byte_s: float = 0.4e-9
-    """Per byte sent (calibrate_sim.py: 0.42 ns/B, 74 B against 64 KiB messages)."""
-    recv_s: float = 5.3e-6
-    """Read, decode and dispatch one small message from zmq (calibrate_sim.py: 5.28 µs)."""
-    recv_byte_s: float = 0.6e-9
-    """Per byte received (calibrate_sim.py: 0.59 ns/B)."""
-    handle_s: float = 0.9e-6
+    send_s: float = 2.9e-6
+    """Post, encode and zmq-send one small message (calibrate_sim.py: 2.94 µs)."""
+    send_byte_s: float = 0.33e-9
+    """Per byte sent (calibrate_sim.py: 0.33 ns/B, 74 B against 64 KiB messages)."""
+    recv_s: float = 5.2e-6
+    """Read, decode and dispatch one small message from zmq (calibrate_sim.py: 5.16 µs)."""
+    recv_byte_s: float = 0.5e-9
+    """Per byte received (calibrate_sim.py: 0.51 ns/B)."""
+    handle_s: float = 1.8e-6
     """An actor's handling of one message: the driver's result handling by its own
-    ``results_s`` counter (calibrate_sim.py: 0.87 µs per result)."""
+    ``results_s`` counter (calibrate_sim.py: 1.81 µs per result)."""
     internal_s: float = 0.8e-6
-    """One event between driver-side actors (calibrate_sim.py: 0.81 µs per event)."""
-    group_s: float = 122e-6
+    """One event between driver-side actors (calibrate_sim.py: 0.77 µs per event)."""
+    group_s: float = 151e-6
     """Fixed work of one group, end to end: CPU per micro-batch at G=1 minus at G=100,
-    one task each, in one process (calibrate_sim.py: 122 µs; planning and placing
-    alone: 24 µs)."""
-    batch_plan_s: float = 38e-6
+    one task each, in one process (calibrate_sim.py: 151 µs)."""
+    batch_plan_s: float = 56e-6
     """Planning and placing one micro-batch: building its stages and pickling their
-    pipelines (calibrate_sim.py: 38 µs per micro-batch)."""
-    task_plan_s: float = 4.4e-6
-    """Planning and placing one task (calibrate_sim.py: 4.41 µs per task)."""
-    task_overhead_s: float = 31e-6
+    pipelines, or repeating the first one (calibrate_sim.py: 55.6 µs per micro-batch)."""
+    task_plan_s: float = 6.5e-6
+    """Planning and placing one task one by one (calibrate_sim.py: 6.52 µs per task)."""
+    task_overhead_s: float = 33e-6
     """An executor's event-loop work per task: local scheduling, handing the task to a
     worker and taking its output back, the result or notices (calibrate_sim.py:
-    30.6 µs per task)."""
+    33.2 µs per task)."""
 
     def send(self, size: int) -> float:
         return self.send_s + self.send_byte_s * size
@@ -94,11 +94,11 @@ class ComputeModel:
     ``custom(spec, input_bytes, output_bytes)`` when given. The task's pipeline really
     runs (its results are real); only its duration is modelled."""
 
-    task_s: float = 1.1e-6
-    """Fixed cost of a task's pipeline (calibrate_sim.py: 1.12 µs, a task that unpickles
+    task_s: float = 1.13e-6
+    """Fixed cost of a task's pipeline (calibrate_sim.py: 1.13 µs, a task that unpickles
     a partition of integers, sums it and pickles the sum)."""
-    byte_s: float = 13.7e-9
-    """Per byte of input read and output written (calibrate_sim.py: 13.65 ns/B for the
+    byte_s: float = 13.5e-9
+    """Per byte of input read and output written (calibrate_sim.py: 13.54 ns/B for the
     same task, partitions of 100 and 20,000 integers)."""
     jitter: float = 0.0
     custom: TaskTime | None = field(default=None, compare=False)

@@ -331,14 +331,16 @@ class MapOutput:
     shuffle_id: int
     map_id: int
     sizes: tuple[int, ...]
+    inline: tuple[InlineBlock, ...] = ()
 
 
 @message(26)
 @dataclass(frozen=True, slots=True)
 class MapOutputsReady:
     """Several map tasks of one micro-batch stored their outputs on ``executor_id``:
-    their notices to the tracker in one message (a single one travels as
-    ``MapOutputReady``)."""
+    their notices in one message, to the tracker, or to one executor of their readers
+    (with the blocks small enough to travel inline). A single one travels as
+    ``MapOutputReady``."""
 
     group_id: int
     executor_id: str
