@@ -311,7 +311,7 @@ def main() -> None:
         "killed --kill-at virtual seconds into the run",
     )
     parser.add_argument("--executors", type=int, default=1024)
-    parser.add_argument("--kill-at", type=float, default=1.0)
+    parser.add_argument("--kill-at", type=float, default=0.3)
     args = parser.parse_args()
     config = SimConfig(seed=args.seed)
     config = replace(config, compute=ComputeModel(task_s=args.task_ms / 1000, byte_s=0.0))
