@@ -211,3 +211,15 @@ def test_the_group_size_tuner_runs_on_the_virtual_clock() -> None:
             assert all(g.wall_s > 0 for g in groups)
 
     simulate(main)
+
+
+def test_with_the_calibrated_costs_a_group_places_its_tasks_once() -> None:
+    # Default costs: G=1 places every task of every micro-batch on the driver (its
+    # time grows with the number of tasks); a group of 20 places the first
+    # micro-batch's tasks and repeats them, so its time barely grows.
+    config = SimConfig(compute=ComputeModel(task_s=300e-6))
+    g1 = [per_batch_ms(m, 1, config) for m in (2, 64)]
+    g20 = [per_batch_ms(m, 20, config) for m in (2, 64)]
+    assert g1[1] - g1[0] > 0.8  # 124 more tasks placed, at 6.5 µs each, per micro-batch
+    assert g20[1] - g20[0] < 0.5 * (g1[1] - g1[0])
+    assert g20[1] < g1[1] / 2

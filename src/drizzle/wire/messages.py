@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from drizzle.wire.schema import message, record
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 # ---------------------------------------------------------------------------- records
 
