@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from drizzle import Context
-from drizzle.wire.messages import LaunchGroup, MapOutputReady, TaskSpec
+from drizzle.wire.messages import LaunchGroup, MapOutputReady, MapOutputsReady, TaskSpec
 from drizzle.wire.repeat import all_tasks as expand
 
 from .conftest import WAIT, MakeContext, PostLog
@@ -72,6 +72,52 @@ def expected_sums(i: int) -> list[tuple[int, int]]:
 TRANSFERS = {"pull": 0, "inline": 64 * 1024}
 """``inline_block_limit`` per mode: reducers pull every block from the mappers, or small
 blocks ride inside the notices (every block of these tests is small)."""
+
+
+@pytest.mark.parametrize("transfer", sorted(TRANSFERS))
+async def test_an_executor_sends_its_notices_of_a_shuffle_to_each_reader_in_one_message(
+    make_context: MakeContext, post_log: PostLog, transfer: str
+) -> None:
+    """Eight map partitions on four executors: each executor's two map outputs of a
+    shuffle reach every other executor holding a reducer in one message."""
+    async with asyncio.timeout(WAIT):
+        ctx = await make_context("local[4]", inline_block_limit=TRANSFERS[transfer])
+        driver = driver_address(ctx)
+        src = ctx.parallelize(range(400), 2 * M)
+        jobs = [
+            src.map(lambda x, i=i: (x % 8, x + i)).reduce_by_key(operator.add, 4) for i in range(N)
+        ]
+        post_log.clear()
+        results = await ctx.run_jobs(jobs, group_size=5)
+        assert [sorted(r for part in parts for r in part) for parts in results] == [
+            expected_sums(i) for i in range(N)
+        ]
+        maps_on: dict[tuple[str, int], set[int]] = collections.defaultdict(set)
+        for _, executor, spec in launched_tasks(post_log):
+            if spec.shuffle_output is not None:
+                maps_on[(executor, spec.shuffle_output.shuffle_id)].add(spec.partition)
+        assert {len(m) for m in maps_on.values()} == {2}
+        heard: dict[tuple[str, str, int], list[set[int]]] = collections.defaultdict(list)
+        for p in post_log.remote():
+            if p.peer == driver or p.kind not in ("MapOutputReady", "MapOutputsReady"):
+                continue
+            if isinstance(p.message, MapOutputsReady):
+                outputs = {(o.shuffle_id, o.map_id) for o in p.message.outputs}
+            else:
+                assert isinstance(p.message, MapOutputReady)
+                outputs = {(p.message.shuffle_id, p.message.map_id)}
+            [shuffle_id] = {s for s, _ in outputs}
+            heard[(p.node, p.peer, shuffle_id)].append({m for _, m in outputs})
+        # One message per (mapper executor, reducer executor, shuffle), naming its maps.
+        assert len(heard) == N * M * (M - 1)
+        for (node, _, shuffle_id), messages in heard.items():
+            assert messages == [maps_on[(node, shuffle_id)]]
+        if TRANSFERS[transfer]:
+            batched = [p.message for p in post_log.of("MapOutputsReady") if p.peer != driver]
+            assert batched
+            assert all(
+                o.inline for m in batched if isinstance(m, MapOutputsReady) for o in m.outputs
+            )
 
 
 @pytest.mark.parametrize("transfer", sorted(TRANSFERS))

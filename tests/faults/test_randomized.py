@@ -187,7 +187,9 @@ CHANNELS: dict[str, Match] = {
         src="driver", src_actor="group", dst="executor", kinds=frozenset({"LaunchGroup"})
     ),
     "notices": Match(
-        src="executor", dst="executor", kinds=frozenset({"MapOutputReady", "BlockReady"})
+        src="executor",
+        dst="executor",
+        kinds=frozenset({"MapOutputReady", "MapOutputsReady", "BlockReady"}),
     ),
     "fetches": Match(
         src="executor", dst="executor", kinds=frozenset({"FetchBlocks", "BlocksFetched"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -77,6 +78,26 @@ async def test_running_sum_on_processes_for_several_group_sizes() -> None:
             for group_size in (1, 4, 12):
                 results = await ctx.run_jobs(running_sum(ctx, 12), group_size=group_size)
                 assert results == expected_sums(12)
+
+
+def _noise(i: int) -> list[tuple[int, bytes]]:
+    rng = random.Random(i)
+    return [(k, rng.randbytes(1000)) for k in range(90)]
+
+
+def _count(records: Iterator[object]) -> int:
+    return sum(1 for _ in records)
+
+
+async def test_notices_sent_together_stay_within_a_small_frame_limit() -> None:
+    """Each map output here carries a 45 KB inline block to the other executor; two
+    of them together would exceed the 80 KB frame limit, so they travel apart."""
+    async with asyncio.timeout(60):
+        async with Context(
+            "local-cluster[2,1]", max_frame=80_000, inline_block_limit=64 * 1024, group_timeout=15.0
+        ) as ctx:
+            shuffled = ctx.parallelize(list(range(4)), 4).flat_map(_noise).partition_by(2)
+            assert await ctx.run_job(shuffled, _count) == [180, 180]
 
 
 async def test_user_error_carries_remote_traceback_across_processes() -> None:

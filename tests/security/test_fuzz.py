@@ -49,7 +49,7 @@ from drizzle.actors.map_output_tracker import MapOutputTrackerActor
 from drizzle.actors.node import Node
 from drizzle.errors import ProtocolError
 from drizzle.wire.codec import Envelope, decode, encode
-from drizzle.wire.messages import BlockReady, MapOutputReady
+from drizzle.wire.messages import BlockReady, MapOutputReady, MapOutputsReady
 from drizzle.wire.schema import MESSAGE_TYPES, TYPE_IDS, to_wire
 
 from .support import (
@@ -124,7 +124,7 @@ UNHANDLED = [
     for message in POOL
     if type(message) not in actor.handles
 ]
-NOTICES = [m for m in POOL if isinstance(m, (MapOutputReady, BlockReady))]
+NOTICES = [m for m in POOL if isinstance(m, (MapOutputReady, MapOutputsReady, BlockReady))]
 JUNK = [None, True, -1, 2**40, 1.5, "x", b"y", [], [1, "a"], [[None]], {"k": 1}]
 
 messages = st.sampled_from(POOL)

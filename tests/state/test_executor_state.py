@@ -508,6 +508,28 @@ def test_notices_of_one_micro_batch_here_go_in_one_message_per_destination() -> 
     }
 
 
+def test_notices_sent_together_carry_no_more_inline_bytes_than_one_may() -> None:
+    state = ExecutorState(ME, cores=3, inline_limit=10)
+    output = ShuffleOutput(5, 1, ("e0",), ((0,),))
+    maps = [spec(t, partition=t, shuffle_output=output) for t in range(3)]
+    state.handle(launch(0, *maps))
+    state.handle(TaskSucceeded(0, sizes=(8,), blocks=(b"a" * 8,)))
+    state.handle(TaskSucceeded(1, sizes=(1,), blocks=(b"b",)))
+    out = state.handle(TaskSucceeded(2, sizes=(9,), blocks=(b"c" * 9,)))
+    # One notice may carry one block of up to 10 bytes: 8 + 1 fit, 9 more does not.
+    assert [c.message for c in out if isinstance(c, SendToPeer)] == [
+        MapOutputsReady(
+            0,
+            ME,
+            (
+                MapOutput(5, 0, (8,), (InlineBlock(0, b"a" * 8),)),
+                MapOutput(5, 1, (1,), (InlineBlock(0, b"b"),)),
+            ),
+        ),
+        MapOutputReady(0, 5, 2, ME, (9,), (InlineBlock(0, b"c" * 9),)),
+    ]
+
+
 def test_a_single_map_output_for_a_peer_goes_alone() -> None:
     state = ExecutorState(ME, cores=2)
     m0 = spec(1, partition=0, shuffle_output=ShuffleOutput(5, 1, ("e0",)))

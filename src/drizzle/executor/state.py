@@ -604,11 +604,16 @@ class ExecutorState:
             for peer, notice in self._peer_notices.task_ended(shuffle_key):
                 to_peers.setdefault(peer, []).append(notice)
             for peer, held in to_peers.items():
-                if len(held) == 1:
-                    out.append(SendToPeer(peer, held[0]))
-                    continue
-                outputs = tuple(MapOutput(n.shuffle_id, n.map_id, n.sizes, n.inline) for n in held)
-                out.append(SendToPeer(peer, MapOutputsReady(group_id, self.executor_id, outputs)))
+                for chunk in _inline_bounded(held, self.inline_limit):
+                    if len(chunk) == 1:
+                        out.append(SendToPeer(peer, chunk[0]))
+                        continue
+                    outputs = tuple(
+                        MapOutput(n.shuffle_id, n.map_id, n.sizes, n.inline) for n in chunk
+                    )
+                    out.append(
+                        SendToPeer(peer, MapOutputsReady(group_id, self.executor_id, outputs))
+                    )
 
     def _release(self, shuffle_ids: tuple[int, ...], out: list[Command]) -> None:
         for sid in shuffle_ids:
@@ -684,6 +689,24 @@ class ExecutorState:
             for b in spec.block_inputs
         }
         return maps, blocks
+
+
+def _inline_bounded(notices: list[MapOutputReady], limit: int) -> list[list[MapOutputReady]]:
+    """``notices`` in order, cut so that no group carries more inline bytes than one
+    notice to that executor may (``limit`` per block, as many blocks as the most any
+    of them carries): batching never makes a message larger than sending one at a
+    time could, so it stays within the frame limit whenever those would."""
+    sizes = [sum(len(b.data) for b in n.inline) for n in notices]
+    budget = limit * max((len(n.inline) for n in notices), default=0)
+    chunks: list[list[MapOutputReady]] = []
+    used = 0
+    for notice, size in zip(notices, sizes, strict=True):
+        if not chunks or (size and used + size > budget):
+            chunks.append([])
+            used = 0
+        chunks[-1].append(notice)
+        used += size
+    return chunks
 
 
 class HeldPerBatch(Generic[T]):

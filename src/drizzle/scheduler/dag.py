@@ -58,13 +58,6 @@ class GroupPlan:
             return None
         return tuple(r for r in self.renamings if r is not None)
 
-    @property
-    def explicit_tasks(self) -> int:
-        """Tasks planned and placed one by one: only the first micro-batch's when every
-        later one repeats it, else all of them."""
-        batches = self.batches[:1] if self.repeats is not None else self.batches
-        return sum(s.num_partitions for b in batches for s in b.stages)
-
     def stage_tasks(self, index: int, position: int) -> tuple[TaskDeps, ...]:
         """The tasks of a stage of the ``index``-th micro-batch."""
         rename = self.renamings[index - 1] if index else None

@@ -132,18 +132,16 @@ class GroupSchedulerState:
 
     # ------------------------------------------------------------------ placement
 
-    def place(self, plan: GroupPlan) -> Placement:
-        order = sorted(e for e in self.executors if e not in self.draining)
-        if not order:
-            raise NoExecutors("no executors are registered")
+    def _where(self, plan: GroupPlan) -> dict[tuple[int, int], str]:
+        """The group's one placement decision: (stage position, partition) → executor."""
+        order = self._order()
 
         def alive_copy(block: BlockId) -> str:
             return next((e for e in plan.materialized.get(block, ()) if e in self.executors), "")
 
-        first = plan.batches[0]
         where: dict[tuple[int, int], str] = {}
         cursor = 0
-        for stage in reversed(first.stages):  # downstream first
+        for stage in reversed(plan.batches[0].stages):  # downstream first
             for partition, deps in enumerate(stage.tasks):
                 preferred = [alive_copy(b) for b in deps.cache_reads if alive_copy(b)]
                 if preferred:
@@ -151,6 +149,30 @@ class GroupSchedulerState:
                 else:
                     where[(stage.position, partition)] = order[cursor % len(order)]
                     cursor += 1
+        return where
+
+    def _order(self) -> list[str]:
+        return sorted(e for e in self.executors if e not in self.draining)
+
+    def tasks_placed_one_by_one(self, plan: GroupPlan) -> int:
+        """How many tasks ``place(plan)`` would plan and place one by one, now: only the
+        first micro-batch's when the others go as its repeats. No state changes."""
+        repeats = plan.repeats if len(plan.batches) > 1 else None
+        placeable = repeats is not None and bool(self._order())
+        if placeable and _renamed_readers(plan, self._where(plan), repeats or ()) is not None:
+            return sum(s.num_partitions for s in plan.batches[0].stages)
+        return sum(s.num_partitions for b in plan.batches for s in b.stages)
+
+    def place(self, plan: GroupPlan) -> Placement:
+        order = self._order()
+        if not order:
+            raise NoExecutors("no executors are registered")
+
+        def alive_copy(block: BlockId) -> str:
+            return next((e for e in plan.materialized.get(block, ()) if e in self.executors), "")
+
+        first = plan.batches[0]
+        where = self._where(plan)
 
         # Who reads what: shuffle → executors of its readers; block → remote readers.
         shuffle_readers: dict[int, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
@@ -179,7 +201,7 @@ class GroupSchedulerState:
         result_tasks = {
             b.batch: s.num_partitions for b in plan.batches for s in b.stages if s.is_result
         }
-        replicas_of = {e: self._replicas(order, e) for e in order}
+        replicas_of = {e: self._replicas(order, e) for e in set(where.values())}
         writes: list[tuple[BlockId, str]] = []
         first_task = self.next_task_id
         for index in explicit:
@@ -191,7 +213,7 @@ class GroupSchedulerState:
                     shuffle_output = _shuffle_output(stage.shuffle_id, stage.num_reducers, readers)
                 for partition, deps in enumerate(plan.stage_tasks(index, stage.position)):
                     executor = where[(stage.position, partition)]
-                    replicas = replicas_of.get(executor, ())
+                    replicas = replicas_of[executor]
                     for block in deps.cache_writes:
                         produced[block] = (executor, *replicas)
                         writes.append((block, executor))
@@ -243,7 +265,7 @@ class GroupSchedulerState:
             self.next_task_id += per_batch * len(repeats)
             for r in repeats:
                 for block, executor in writes:
-                    produced[r.block(block)] = (executor, *replicas_of.get(executor, ()))
+                    produced[r.block(block)] = (executor, *replicas_of[executor])
             record.repeat(batch_repeats)
 
         launches: dict[str, LaunchGroup] = {}
@@ -426,9 +448,8 @@ def _renamed_readers(
                     return None
                 readers[renamed].add(executor)
     empty: set[str] = set()
-    first = {block: readers.get(block, empty) - {w} for block, w in writes}
     same = all(
-        readers.get(r.block(block), empty) - {w} == first[block]
+        readers.get(r.block(block), empty) - {w} == readers.get(block, empty) - {w}
         for r in repeats
         for block, w in writes
     )

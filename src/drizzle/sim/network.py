@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from drizzle.actors.group_scheduler import GroupSchedulerActor
 from drizzle.actors.internal import PlaceGroup
 from drizzle.errors import PeerUnreachable, TransportClosed
 from drizzle.sim.loop import SimulationError, VirtualEventLoop
@@ -277,7 +278,12 @@ class SimNetwork(InProcNetwork):
         cpu = self.config.cpu
         if isinstance(message, PlaceGroup):
             plan = message.plan
-            cost = cpu.place(len(plan.batches), plan.explicit_tasks)
+            group = node.actors.get("group")
+            if isinstance(group, GroupSchedulerActor):  # what its placing is about to cost
+                one_by_one = group.state.tasks_placed_one_by_one(plan)
+            else:
+                one_by_one = sum(s.num_partitions for b in plan.batches for s in b.stages)
+            cost = cpu.place(len(plan.batches), one_by_one)
         else:
             cost = cpu.internal_s
         address = node.address
