@@ -198,7 +198,9 @@ def place_all(
             plan = dag.plan_group(
                 group, [BatchRequest(done + i, d, collect_partition) for i, d in enumerate(chunk)]
             )
+            one_by_one = gs.tasks_placed_one_by_one(plan)  # what the simulator charges
             placement = gs.place(plan)
+            assert one_by_one == sum(len(launch.tasks) for launch in placement.launches.values())
             dag.group_placed(group, placement.produced)
             dag.group_completed(group)
             gs.group_completed(set(placement.launches), plan.shuffle_ids)
@@ -327,11 +329,13 @@ def test_renaming_keeps_functions_apart_but_not_data_or_partition_counts() -> No
 def test_tasks_kept_on_a_draining_executor_still_copy_the_state_they_write() -> None:
     """A draining executor is placed no more work, except tasks that follow the cached
     state it holds; what they write must still get its copy elsewhere, or the state
-    is lost when the executor leaves."""
+    is lost when the executor leaves (also when only one other executor is left)."""
     jobs = running_sum(StubCtx(), 12)
-    drain = {1: lambda gs: gs.drain("e1")}
-    repeated = place_all(jobs, 4, rename=True, before=drain)
-    assert_same_placements(repeated, place_all(jobs, 4, rename=False, before=drain))
-    on_e1 = [b for t in all_tasks(repeated[1].placement.launches["e1"]) for b in t.block_outputs]
-    assert on_e1
-    assert all(b.replicas and "e1" not in b.replicas for b in on_e1)
+    drain_one = {1: lambda gs: gs.drain("e1")}
+    drain_two = {1: lambda gs: (gs.drain("e1"), gs.drain("e2"))}
+    for before in (drain_one, drain_two):
+        placed = place_all(jobs, 4, rename=True, before=before)
+        assert_same_placements(placed, place_all(jobs, 4, rename=False, before=before))
+        on_e1 = [b for t in all_tasks(placed[1].placement.launches["e1"]) for b in t.block_outputs]
+        assert on_e1
+        assert all(b.replicas and "e1" not in b.replicas for b in on_e1)

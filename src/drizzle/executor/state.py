@@ -236,10 +236,11 @@ class ExecutorState:
         default_factory=lambda: HeldPerBatch()
     )
     """Map-output notices for the tracker, and for each executor of the readers, held
-    per (group, shuffle) until the last map task of that shuffle here has ended: one
-    message per destination. A reducer needs every map output before it runs, so
-    this delays no reducer; per shuffle, not per micro-batch, because a map task of a
-    later stage of the micro-batch may be waiting for them."""
+    per (group, shuffle) until the last map task of that shuffle here has ended, then
+    sent to each destination together (``_inline_bounded``). A reducer needs every
+    map output before it runs, so this delays no reducer; per shuffle, not per
+    micro-batch, because a map task of a later stage of the micro-batch may be
+    waiting for them."""
     _reroutes: dict[int, Reroute] = field(default_factory=dict)
     """The latest readers of each shuffle a recovery named, for map tasks registered
     after it (the group's own launch may arrive after its recovery launch)."""
@@ -573,9 +574,10 @@ class ExecutorState:
         self._peer_notices.drop_group(group_id)
 
     def _task_ended(self, task: _Task, out: list[Command]) -> None:
-        """Send what was held for the task's micro-batch once its last task of the
-        kind here has ended (done, failed or given back): one message to each
-        destination."""
+        """Send what was held for the task's micro-batch (results) or shuffle (notices)
+        once its last task of the kind here has ended (done, failed or given back),
+        together: one message to each destination, or a few when notices carry
+        large inline blocks."""
         spec = task.spec
         group_id, batch = key = (task.group_id, spec.batch)
         if spec.is_result:
@@ -692,10 +694,10 @@ class ExecutorState:
 
 
 def _inline_bounded(notices: list[MapOutputReady], limit: int) -> list[list[MapOutputReady]]:
-    """``notices`` in order, cut so that no group carries more inline bytes than one
-    notice to that executor may (``limit`` per block, as many blocks as the most any
-    of them carries): batching never makes a message larger than sending one at a
-    time could, so it stays within the frame limit whenever those would."""
+    """``notices`` in order, cut so that no group carries more inline block bytes than
+    one notice to that executor may (``limit`` per block, as many blocks as the most
+    any of them carries). Only the blocks are bounded: the per-reducer sizes of many
+    map outputs still add up, as they do in the launch that named those reducers."""
     sizes = [sum(len(b.data) for b in n.inline) for n in notices]
     budget = limit * max((len(n.inline) for n in notices), default=0)
     chunks: list[list[MapOutputReady]] = []

@@ -201,7 +201,7 @@ class GroupSchedulerState:
         result_tasks = {
             b.batch: s.num_partitions for b in plan.batches for s in b.stages if s.is_result
         }
-        replicas_of = {e: self._replicas(order, e) for e in set(where.values())}
+        replicas_of = self._replicas_of(order, set(where.values()))
         writes: list[tuple[BlockId, str]] = []
         first_task = self.next_task_id
         for index in explicit:
@@ -309,13 +309,18 @@ class GroupSchedulerState:
                 sent.add(digest)
         return tuple(blobs)
 
-    def _replicas(self, order: list[str], executor: str) -> tuple[str, ...]:
-        """Where copies of a cached partition written on ``executor`` go (the next one)."""
-        if self.cache_replicas <= 0 or len(order) < 2:
-            return ()
-        start = order.index(executor) if executor in order else 0
-        count = min(self.cache_replicas, len(order) - 1)
-        return tuple(order[(start + k) % len(order)] for k in range(1, count + 1))
+    def _replicas_of(self, order: list[str], writers: Iterable[str]) -> dict[str, tuple[str, ...]]:
+        """Where copies of a cached partition written on each of ``writers`` go: the
+        executors after it in ``order`` (a writer not in it, one that is draining, has
+        its copies at the start of ``order``)."""
+        position = {e: i for i, e in enumerate(order)}
+        out = {}
+        for writer in writers:
+            start = position.get(writer, -1)
+            others = len(order) - (start >= 0)
+            count = min(self.cache_replicas, others) if self.cache_replicas > 0 else 0
+            out[writer] = tuple(order[(start + k) % len(order)] for k in range(1, count + 1))
+        return out
 
     def forget_group(self, group_id: int) -> None:
         self.records.pop(group_id, None)
