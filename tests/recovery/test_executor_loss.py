@@ -35,13 +35,13 @@ import pytest
 
 import drizzle.actors.group_scheduler as group_scheduler
 from drizzle import ClusterError, Context, Dataset, JobFailed
-from drizzle.actors.driver import _MISSING, DriverActor
+from drizzle.actors.driver import _MISSING, DriverActor, GroupRun
 from drizzle.scheduler.dag import GroupPlan
 from drizzle.scheduler.group import GroupRecord, GroupSchedulerState, Placement
 from drizzle.scheduler.recovery import RecoveryPlan
 from drizzle.scheduler.recovery import plan_recovery as real_plan_recovery
 from drizzle.scheduler.tracker import MapOutputTrackerState
-from drizzle.wire.messages import MapOutputReady, TaskResult, TaskSpec
+from drizzle.wire.messages import MapOutputReady, TaskSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 N = 400
@@ -232,18 +232,18 @@ def recoveries(monkeypatch: pytest.MonkeyPatch) -> list[Recovery]:
 def accepted(monkeypatch: pytest.MonkeyPatch) -> Counter[tuple[int, int]]:
     """(micro-batch, partition) → results the driver accepted (not dropped as repeats)."""
     counts: Counter[tuple[int, int]] = Counter()
-    original = DriverActor._on_result
+    original = DriverActor._deliver
 
-    def counting(self: DriverActor, peer: str, msg: TaskResult) -> Any:
-        run = self.groups.get(msg.group_id)
-        slots = run.pending.get(msg.batch) if run is not None and not run.done else None
-        empty = slots is not None and slots[msg.partition] is _MISSING
-        out = original(self, peer, msg)
-        if empty and slots is not None and slots[msg.partition] is not _MISSING:
-            counts[(msg.batch, msg.partition)] += 1
-        return out
+    def counting(
+        self: DriverActor, run: GroupRun, peer: str, batch: int, partition: int, value: bytes
+    ) -> None:
+        slots = run.pending.get(batch)
+        empty = slots is not None and slots[partition] is _MISSING
+        original(self, run, peer, batch, partition, value)
+        if empty and slots is not None and slots[partition] is not _MISSING:
+            counts[(batch, partition)] += 1
 
-    monkeypatch.setattr(DriverActor, "_on_result", counting)
+    monkeypatch.setattr(DriverActor, "_deliver", counting)
     return counts
 
 

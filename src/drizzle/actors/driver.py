@@ -130,11 +130,7 @@ class DriverActor(Actor):
     def receive(self, peer: str, sender: str, message: Any) -> None:
         if isinstance(message, (TaskResult, TaskResults)):
             began = self.node.clock()
-            run = (
-                self._on_result(peer, message)
-                if isinstance(message, TaskResult)
-                else self._on_results(peer, message)
-            )
+            run = self._on_results(peer, message)
             spent = self.node.clock() - began
             self.results_s += spent
             if run is not None:
@@ -255,57 +251,49 @@ class DriverActor(Actor):
                 JobFailed(f"group {group_id} did not complete within {self.group_timeout:g}s"),
             )
 
-    def _on_results(self, peer: str, msg: TaskResults) -> GroupRun | None:
+    def _on_results(self, peer: str, msg: TaskResult | TaskResults) -> GroupRun | None:
         if msg.executor_id != peer:
             raise UnexpectedMessage(f"results from {peer} claim executor {msg.executor_id}")
-        run = None
-        for r in msg.results:
-            result = TaskResult(
-                msg.group_id,
-                msg.batch,
-                r.stage_id,
-                r.partition,
-                r.task_id,
-                r.attempt,
-                peer,
-                r.value,
-            )
-            run = self._on_result(peer, result) or run
-        return run
-
-    def _on_result(self, peer: str, msg: TaskResult) -> GroupRun | None:
-        if msg.executor_id != peer:
-            raise UnexpectedMessage(f"result from {peer} claims executor {msg.executor_id}")
         run = self.groups.get(msg.group_id)
         if run is None or run.done:
             return None
-        slots = run.pending.get(msg.batch)
-        if slots is None or not 0 <= msg.partition < len(slots):
-            raise UnexpectedMessage(f"result for unknown task from {peer}: {msg.batch}")
-        if slots[msg.partition] is not _MISSING:
-            return None  # a duplicate: each result is delivered once
+        if isinstance(msg, TaskResult):
+            self._deliver(run, peer, msg.batch, msg.partition, msg.value)
+            return run
+        for r in msg.results:
+            self._deliver(run, peer, msg.batch, r.partition, r.value)
+            if self.groups.get(msg.group_id) is not run:
+                break  # the group failed (or completed) on this result
+        return run
+
+    def _deliver(self, run: GroupRun, peer: str, batch: int, partition: int, value: bytes) -> None:
+        """One result of a running group, unless the driver has it already."""
+        slots = run.pending.get(batch)
+        if slots is None or not 0 <= partition < len(slots):
+            raise UnexpectedMessage(f"result for unknown task from {peer}: {batch}")
+        if slots[partition] is not _MISSING:
+            return  # a duplicate: each result is delivered once
         try:
-            slots[msg.partition] = serde.loads(msg.value)
+            slots[partition] = serde.loads(value)
         except Exception as exc:
             self._fail(
                 run,
                 JobFailed(
-                    f"result of micro-batch {msg.batch} partition {msg.partition} could not be "
+                    f"result of micro-batch {batch} partition {partition} could not be "
                     f"unpickled on the driver: {exc!r}",
-                    batch=msg.batch,
-                    partition=msg.partition,
+                    batch=batch,
+                    partition=partition,
                     executor=peer,
                 ),
             )
-            return None
-        run.remaining[msg.batch] -= 1
-        if run.remaining[msg.batch] == 0:
-            fut = run.results[msg.batch]
+            return
+        run.remaining[batch] -= 1
+        if run.remaining[batch] == 0:
+            fut = run.results[batch]
             if not fut.done():
                 fut.set_result(slots)
             if all(v == 0 for v in run.remaining.values()):
                 self._complete(run)
-        return run
 
     def _complete(self, run: GroupRun) -> None:
         run.done = True

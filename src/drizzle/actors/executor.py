@@ -36,7 +36,6 @@ from drizzle.executor.state import (
     GroupCancelled,
     GroupLaunched,
     InputsLost,
-    MapOutputNoticed,
     ReplicateCached,
     SendToDriver,
     SendToPeer,
@@ -311,17 +310,12 @@ class ExecutorActor(Actor):
                 raise UnexpectedMessage(
                     f"{type(message).__name__} from {peer}: only the driver sends it"
                 )
-        if isinstance(message, MapOutputReady):
+        if isinstance(message, (MapOutputReady, MapOutputsReady)):
             _check_claim(peer, message.executor_id)
-            if message.inline:
-                self.store.put_inline(message.shuffle_id, message.map_id, message.inline)
-            self._apply(MapOutputNoticed(message))
-        elif isinstance(message, MapOutputsReady):
-            _check_claim(peer, message.executor_id)
-            for o in message.outputs:
-                if o.inline:
-                    self.store.put_inline(o.shuffle_id, o.map_id, o.inline)
             for event in noticed(message):
+                notice = event.notice
+                if isinstance(notice, MapOutputReady) and notice.inline:
+                    self.store.put_inline(notice.shuffle_id, notice.map_id, notice.inline)
                 self._apply(event)
         elif isinstance(message, FetchBlocks):
             self._serve(peer, sender, message)

@@ -26,17 +26,12 @@ class MapOutputTrackerActor(Actor):
         self.state = MapOutputTrackerState()
 
     def receive(self, peer: str, sender: str, message: Any) -> None:
-        if isinstance(message, MapOutputReady):
+        if isinstance(message, (MapOutputReady, MapOutputsReady)):
             if message.executor_id != peer:
                 raise UnexpectedMessage(f"notice from {peer} claims executor {message.executor_id}")
-            self.state.record(message)
-        elif isinstance(message, MapOutputsReady):
-            if message.executor_id != peer:
-                raise UnexpectedMessage(f"notices from {peer} claim executor {message.executor_id}")
-            for o in message.outputs:
-                self.state.record(
-                    MapOutputReady(message.group_id, o.shuffle_id, o.map_id, peer, o.sizes)
-                )
+            notices = message.notices() if isinstance(message, MapOutputsReady) else [message]
+            for notice in notices:
+                self.state.record(notice)
         elif isinstance(message, BlockReady):
             if message.executor_id != peer:
                 raise UnexpectedMessage(

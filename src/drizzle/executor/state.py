@@ -25,11 +25,9 @@ from drizzle.wire.messages import (
     InlineBlock,
     LaunchGroup,
     MapLocation,
-    MapOutput,
     MapOutputReady,
     MapOutputsReady,
     Reroute,
-    ResultValue,
     TaskAttemptFailed,
     TaskFailed,
     TaskResult,
@@ -39,6 +37,9 @@ from drizzle.wire.messages import (
 from drizzle.wire.repeat import all_tasks
 
 T = TypeVar("T")
+
+TRACKER = ""
+"""The destination of map-output notices meant for the driver's tracker."""
 
 # ---------------------------------------------------------------------------- events
 
@@ -66,12 +67,7 @@ def noticed(
         return [BlockNoticed(message)]
     if isinstance(message, MapOutputReady):
         return [MapOutputNoticed(message)]
-    return [
-        MapOutputNoticed(
-            MapOutputReady(message.group_id, o.shuffle_id, o.map_id, message.executor_id, o.sizes)
-        )
-        for o in message.outputs
-    ]
+    return [MapOutputNoticed(n) for n in message.notices()]
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,16 +227,15 @@ class ExecutorState:
     _results: HeldPerBatch[TaskResult] = field(default_factory=lambda: HeldPerBatch())
     """Results held until the last result task of their micro-batch here has ended:
     one message per executor per micro-batch to the driver, not one per task."""
-    _tracker_notices: HeldPerBatch[MapOutputReady] = field(default_factory=lambda: HeldPerBatch())
-    _peer_notices: HeldPerBatch[tuple[str, MapOutputReady]] = field(
+    _notices: HeldPerBatch[tuple[str, MapOutputReady]] = field(
         default_factory=lambda: HeldPerBatch()
     )
-    """Map-output notices for the tracker, and for each executor of the readers, held
-    per (group, shuffle) until the last map task of that shuffle here has ended, then
-    sent to each destination together (``_inline_bounded``). A reducer needs every
-    map output before it runs, so this delays no reducer; per shuffle, not per
-    micro-batch, because a map task of a later stage of the micro-batch may be
-    waiting for them."""
+    """Map-output notices, each with its destination (an executor of the readers, or
+    ``TRACKER``), held per (group, shuffle) until the last map task of that shuffle
+    here has ended, then sent to each destination together (``_inline_bounded``). A
+    reducer needs every map output before it runs, so this delays no reducer; per
+    shuffle, not per micro-batch, because a map task of a later stage of the
+    micro-batch may be waiting for them."""
     _reroutes: dict[int, Reroute] = field(default_factory=dict)
     """The latest readers of each shuffle a recovery named, for map tasks registered
     after it (the group's own launch may arrive after its recovery launch)."""
@@ -423,9 +418,7 @@ class ExecutorState:
         if spec.is_result:
             self._results.task_added((group_id, spec.batch))
         if spec.shuffle_output is not None:
-            shuffle_key = (group_id, spec.shuffle_output.shuffle_id)
-            self._tracker_notices.task_added(shuffle_key)
-            self._peer_notices.task_added(shuffle_key)
+            self._notices.task_added((group_id, spec.shuffle_output.shuffle_id))
         self._pending.add(group_id, spec.batch)
         if not missing_shuffles and not missing_blocks:
             self._make_runnable(task)
@@ -495,14 +488,14 @@ class ExecutorState:
                 if peer == self.executor_id:
                     self._on_map_output(notice_m, out)
                 else:
-                    self._peer_notices.hold(
+                    self._notices.hold(
                         (task.group_id, output.shuffle_id),
                         (peer, self._with_inline(notice_m, event, parts, peer)),
                     )
             if self.executor_id not in output.notify:
                 # Known here even with no reader here, so that a reroute announces it.
                 self._on_map_output(notice_m, out, counted=False)
-            self._tracker_notices.hold((task.group_id, output.shuffle_id), notice_m)
+            self._notices.hold((task.group_id, output.shuffle_id), (TRACKER, notice_m))
         if spec.is_result:
             result = TaskResult(
                 task.group_id,
@@ -570,8 +563,7 @@ class ExecutorState:
             if task.group_id == group_id and task.state in ("waiting", "runnable"):
                 self._finish(task, ran=False)
         self._results.drop_group(group_id)
-        self._tracker_notices.drop_group(group_id)
-        self._peer_notices.drop_group(group_id)
+        self._notices.drop_group(group_id)
 
     def _task_ended(self, task: _Task, out: list[Command]) -> None:
         """Send what was held for the task's micro-batch (results) or shuffle (notices)
@@ -579,43 +571,23 @@ class ExecutorState:
         together: one message to each destination, or a few when notices carry
         large inline blocks."""
         spec = task.spec
-        group_id, batch = key = (task.group_id, spec.batch)
+        group_id = task.group_id
         if spec.is_result:
-            results = self._results.task_ended(key)
-            if len(results) > 1:
-                values = tuple(
-                    ResultValue(r.stage_id, r.partition, r.task_id, r.attempt, r.value)
-                    for r in results
-                )
-                out.append(
-                    SendToDriver("driver", TaskResults(group_id, batch, self.executor_id, values))
-                )
-            else:
-                out.extend(SendToDriver("driver", r) for r in results)
+            results = self._results.task_ended((group_id, spec.batch))
+            if results:
+                out.append(SendToDriver("driver", TaskResults.gather(results)))
         if spec.shuffle_output is not None:
-            shuffle_key = (group_id, spec.shuffle_output.shuffle_id)
-            notices = self._tracker_notices.task_ended(shuffle_key)
-            if len(notices) > 1:
-                outputs = tuple(MapOutput(n.shuffle_id, n.map_id, n.sizes) for n in notices)
-                out.append(
-                    SendToDriver("tracker", MapOutputsReady(group_id, self.executor_id, outputs))
-                )
-            else:
-                out.extend(SendToDriver("tracker", n) for n in notices)
-            to_peers: dict[str, list[MapOutputReady]] = {}
-            for peer, notice in self._peer_notices.task_ended(shuffle_key):
-                to_peers.setdefault(peer, []).append(notice)
-            for peer, held in to_peers.items():
-                for chunk in _inline_bounded(held, self.inline_limit):
-                    if len(chunk) == 1:
-                        out.append(SendToPeer(peer, chunk[0]))
-                        continue
-                    outputs = tuple(
-                        MapOutput(n.shuffle_id, n.map_id, n.sizes, n.inline) for n in chunk
-                    )
-                    out.append(
-                        SendToPeer(peer, MapOutputsReady(group_id, self.executor_id, outputs))
-                    )
+            by_destination: dict[str, list[MapOutputReady]] = {}
+            held = self._notices.task_ended((group_id, spec.shuffle_output.shuffle_id))
+            for destination, notice in held:
+                by_destination.setdefault(destination, []).append(notice)
+            for destination, notices in by_destination.items():
+                for chunk in _inline_bounded(notices, self.inline_limit):
+                    message = MapOutputsReady.gather(chunk)
+                    if destination == TRACKER:
+                        out.append(SendToDriver("tracker", message))
+                    else:
+                        out.append(SendToPeer(destination, message))
 
     def _release(self, shuffle_ids: tuple[int, ...], out: list[Command]) -> None:
         for sid in shuffle_ids:

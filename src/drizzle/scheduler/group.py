@@ -32,7 +32,7 @@ from drizzle.wire.messages import (
     ShuffleOutput,
     TaskSpec,
 )
-from drizzle.wire.repeat import repeat_task
+from drizzle.wire.repeat import repeat_tasks
 
 
 @dataclass
@@ -132,20 +132,20 @@ class GroupSchedulerState:
 
     # ------------------------------------------------------------------ placement
 
-    def _where(self, plan: GroupPlan) -> dict[tuple[int, int], str]:
+    def _alive_copy(self, plan: GroupPlan, block: BlockId) -> str:
+        """A live executor holding a copy of a cached partition the plan reads, or ""."""
+        return next((e for e in plan.materialized.get(block, ()) if e in self.executors), "")
+
+    def _where(self, plan: GroupPlan, order: list[str]) -> dict[tuple[int, int], str]:
         """The group's one placement decision: (stage position, partition) → executor."""
-        order = self._order()
-
-        def alive_copy(block: BlockId) -> str:
-            return next((e for e in plan.materialized.get(block, ()) if e in self.executors), "")
-
         where: dict[tuple[int, int], str] = {}
         cursor = 0
         for stage in reversed(plan.batches[0].stages):  # downstream first
             for partition, deps in enumerate(stage.tasks):
-                preferred = [alive_copy(b) for b in deps.cache_reads if alive_copy(b)]
+                copies = (self._alive_copy(plan, b) for b in deps.cache_reads)
+                preferred = next((e for e in copies if e), "")
                 if preferred:
-                    where[(stage.position, partition)] = preferred[0]
+                    where[(stage.position, partition)] = preferred
                 else:
                     where[(stage.position, partition)] = order[cursor % len(order)]
                     cursor += 1
@@ -154,37 +154,39 @@ class GroupSchedulerState:
     def _order(self) -> list[str]:
         return sorted(e for e in self.executors if e not in self.draining)
 
+    def _repeats(
+        self, plan: GroupPlan, where: dict[tuple[int, int], str]
+    ) -> tuple[tuple[Renaming, ...], dict[BlockId, set[str]]] | None:
+        """How the group's later micro-batches repeat its first one, with the readers
+        of the cached partitions they read under new names; ``None`` if they do not."""
+        repeats = plan.repeats if len(plan.batches) > 1 else None
+        if not repeats:
+            return None
+        readers = _renamed_readers(plan, where, repeats)
+        return None if readers is None else (repeats, readers)
+
     def tasks_placed_one_by_one(self, plan: GroupPlan) -> int:
         """How many tasks ``place(plan)`` would plan and place one by one, now: only the
         first micro-batch's when the others go as its repeats. No state changes."""
-        repeats = plan.repeats if len(plan.batches) > 1 else None
-        placeable = repeats is not None and bool(self._order())
-        if placeable and _renamed_readers(plan, self._where(plan), repeats or ()) is not None:
-            return sum(s.num_partitions for s in plan.batches[0].stages)
-        return sum(s.num_partitions for b in plan.batches for s in b.stages)
+        order = self._order()
+        batches = plan.batches
+        if order and self._repeats(plan, self._where(plan, order)) is not None:
+            batches = batches[:1]
+        return sum(s.num_partitions for b in batches for s in b.stages)
 
     def place(self, plan: GroupPlan) -> Placement:
         order = self._order()
         if not order:
             raise NoExecutors("no executors are registered")
-
-        def alive_copy(block: BlockId) -> str:
-            return next((e for e in plan.materialized.get(block, ()) if e in self.executors), "")
-
         first = plan.batches[0]
-        where = self._where(plan)
+        where = self._where(plan, order)
+        found = self._repeats(plan, where)
+        repeats = found[0] if found else ()
 
         # Who reads what: shuffle → executors of its readers; block → remote readers.
         shuffle_readers: dict[int, dict[str, set[int]]] = defaultdict(lambda: defaultdict(set))
-        block_readers: dict[BlockId, set[str]] = defaultdict(set)
-        repeats = plan.repeats if len(plan.batches) > 1 else None
-        if repeats:
-            renamed_readers = _renamed_readers(plan, where, repeats)
-            if renamed_readers is None:
-                repeats = None
-            else:
-                block_readers.update(renamed_readers)
-        explicit = range(len(plan.batches)) if repeats is None else range(1)
+        block_readers: dict[BlockId, set[str]] = defaultdict(set, found[1] if found else {})
+        explicit = range(1) if repeats else range(len(plan.batches))
         for index in explicit:
             for stage in first.stages:
                 for partition, deps in enumerate(plan.stage_tasks(index, stage.position)):
@@ -227,7 +229,8 @@ class GroupSchedulerState:
                         blobs=tuple(deps.blobs),
                         shuffle_inputs=tuple(ShuffleInput(*r) for r in deps.shuffle_reads),
                         block_inputs=tuple(
-                            BlockInput(d, p, alive_copy((d, p))) for d, p in deps.cache_reads
+                            BlockInput(d, p, self._alive_copy(plan, (d, p)))
+                            for d, p in deps.cache_reads
                         ),
                         shuffle_output=shuffle_output,
                         block_outputs=tuple(
@@ -368,13 +371,11 @@ class GroupRecord:
 
     def _expand(self) -> None:
         repeats, self._unexpanded = self._unexpanded, ()
-        if not repeats:
-            return
         base = list(self._tasks.values())
         for repeat in repeats:
-            names = dict(zip(repeat.datasets_from, repeat.datasets_to, strict=True))
-            for placed in base:
-                self.add(repeat_task(placed.spec, repeat, names), placed.executor, placed.position)
+            specs = repeat_tasks([placed.spec for placed in base], repeat)
+            for placed, spec in zip(base, specs, strict=True):
+                self.add(spec, placed.executor, placed.position)
 
     @property
     def tasks(self) -> dict[int, PlacedTask]:

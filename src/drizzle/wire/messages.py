@@ -346,6 +346,24 @@ class MapOutputsReady:
     executor_id: str
     outputs: tuple[MapOutput, ...]
 
+    @staticmethod
+    def gather(notices: list[MapOutputReady]) -> MapOutputReady | MapOutputsReady:
+        """Notices of one group from one executor as one message (one alone as itself)."""
+        if len(notices) == 1:
+            return notices[0]
+        first = notices[0]
+        outputs = tuple(MapOutput(n.shuffle_id, n.map_id, n.sizes, n.inline) for n in notices)
+        return MapOutputsReady(first.group_id, first.executor_id, outputs)
+
+    def notices(self) -> list[MapOutputReady]:
+        """The single notices this message carries."""
+        return [
+            MapOutputReady(
+                self.group_id, o.shuffle_id, o.map_id, self.executor_id, o.sizes, o.inline
+            )
+            for o in self.outputs
+        ]
+
 
 @message(21)
 @dataclass(frozen=True, slots=True)
@@ -439,6 +457,18 @@ class TaskResults:
     batch: int
     executor_id: str
     results: tuple[ResultValue, ...]
+
+    @staticmethod
+    def gather(results: list[TaskResult]) -> TaskResult | TaskResults:
+        """Results of one micro-batch from one executor as one message (one alone as
+        itself)."""
+        if len(results) == 1:
+            return results[0]
+        first = results[0]
+        values = tuple(
+            ResultValue(r.stage_id, r.partition, r.task_id, r.attempt, r.value) for r in results
+        )
+        return TaskResults(first.group_id, first.batch, first.executor_id, values)
 
 
 @message(31)

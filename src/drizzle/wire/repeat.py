@@ -10,6 +10,7 @@ so they agree on every task id. Depends only on ``drizzle.wire.messages``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 from drizzle.wire.messages import (
@@ -31,12 +32,12 @@ def all_tasks(launch: LaunchGroup) -> tuple[TaskSpec, ...]:
     return tuple(tasks)
 
 
-def repeat_tasks(base: tuple[TaskSpec, ...], repeat: BatchRepeat) -> list[TaskSpec]:
+def repeat_tasks(base: Sequence[TaskSpec], repeat: BatchRepeat) -> list[TaskSpec]:
     datasets = dict(zip(repeat.datasets_from, repeat.datasets_to, strict=True))
-    return [repeat_task(spec, repeat, datasets) for spec in base]
+    return [_repeat_task(spec, repeat, datasets) for spec in base]
 
 
-def repeat_task(spec: TaskSpec, repeat: BatchRepeat, datasets: dict[int, int]) -> TaskSpec:
+def _repeat_task(spec: TaskSpec, repeat: BatchRepeat, datasets: dict[int, int]) -> TaskSpec:
     """``spec`` (a task of the first micro-batch) as the same task of ``repeat.batch``."""
     shuffle_offset = repeat.shuffle_offset
     output = spec.shuffle_output
